@@ -1,0 +1,226 @@
+"""The Stable Diffusion UNet (SD1.x / SD2.x), hand-written.
+
+    eps = unet(x, t, context)                          # x: (B, 4, h, w), context: (B, 77, C)
+    eps, kvs = unet(x, t, context, return_kv=True)     # kvs[i]: (k, v) of self-attention layer i
+    eps = unet(x, t, context, kv=kvs)                  # replay recorded keys/values
+    eps = unet(x, t, context, kv=[None] * 6 + kvs[6:]) # replay in chosen layers only
+
+Self-attention layers are numbered in the order the forward visits them: down blocks,
+mid block, up blocks (SD1.5: 6 + 1 + 9 = 16 layers). Module names follow diffusers'
+`UNet2DConditionModel`, so its folders load by name; see weights/ for the original layout.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import KV, ImagePrompt, SpatialTransformer
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    block_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    attention_levels: tuple[bool, ...] = (True, True, True, False)  # CrossAttnDownBlock2D x3, DownBlock2D
+    heads: tuple[int, ...] = (8, 8, 8, 8)   # per level; SD1.x: 8 heads everywhere (head dim varies)
+    layers_per_block: int = 2
+    context_dim: int = 768                  # CLIP ViT-L/14 width (SD1.x); OpenCLIP ViT-H: 1024
+    linear_proj: bool = False               # SD2.x projects in/out of transformers with Linear
+    in_channels: int = 4
+    out_channels: int = 4
+    norm_groups: int = 32
+    prediction_type: str = "epsilon"        # SD2.1-768 predicts v
+
+    @classmethod
+    def sd15(cls) -> "UNetConfig":
+        return cls()
+
+    @classmethod
+    def sd21(cls) -> "UNetConfig":
+        """SD2.1 (768-v); SD2.1-base is the same with prediction_type='epsilon'."""
+        return cls(heads=(5, 10, 20, 20), context_dim=1024, linear_proj=True, prediction_type="v_prediction")
+
+    @classmethod
+    def tiny(cls, **overrides) -> "UNetConfig":
+        """A few-MB SD1-shaped UNet for tests: same structure, small widths."""
+        return replace(cls(block_channels=(32, 64), attention_levels=(True, False), heads=(2, 2),
+                           layers_per_block=1, context_dim=32, norm_groups=8), **overrides)
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding, cosine half first (SD's `flip_sin_to_cos=True`, shift 0)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(dim, out)
+        self.linear_2 = nn.Linear(out, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm+SiLU, the timestep embedding added in between."""
+
+    def __init__(self, cin: int, cout: int, groups: int, temb_dim: Optional[int], eps: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_dim, cout) if temb_dim else None
+        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: Tensor, temb: Optional[Tensor] = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + (x if self.conv_shortcut is None else self.conv_shortcut(x))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, pad_right_bottom: bool = False):
+        super().__init__()
+        # The VAE pads only right/bottom then convolves without padding; the UNet pads 1 all round.
+        self.pad_right_bottom = pad_right_bottom
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if pad_right_bottom else 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pad_right_bottom:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNetBlock(nn.Module):
+    """One resolution level: ResBlocks, each optionally followed by a SpatialTransformer,
+    then an optional down/up-sampler. Serves as diffusers' (CrossAttn)Down/UpBlock2D."""
+
+    def __init__(self, resnets: list[ResBlock], attentions: list[SpatialTransformer], sampler: Optional[nn.Module],
+                 up: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(resnets)
+        self.attentions = nn.ModuleList(attentions)  # empty for levels without attention
+        if sampler is not None:
+            setattr(self, "upsamplers" if up else "downsamplers", nn.ModuleList([sampler]))
+
+    @property
+    def sampler(self) -> Optional[nn.Module]:
+        samplers = getattr(self, "upsamplers", None) or getattr(self, "downsamplers", None)
+        return samplers[0] if samplers else None
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch, groups, n = cfg.block_channels, cfg.norm_groups, cfg.layers_per_block
+        temb = ch[0] * 4
+        res = lambda cin, cout: ResBlock(cin, cout, groups, temb, eps=1e-5)  # noqa: E731
+        attn = lambda c, level: SpatialTransformer(c, cfg.context_dim, cfg.heads[level], cfg.linear_proj, groups)  # noqa: E731
+
+        self.time_embedding = TimestepEmbedding(ch[0], temb)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+
+        skip_channels = [ch[0]]  # channels of every feature map the down path hands to the up path
+        self.down_blocks = nn.ModuleList()
+        cin = ch[0]
+        for level, cout in enumerate(ch):
+            last = level == len(ch) - 1
+            resnets = [res(cin if j == 0 else cout, cout) for j in range(n)]
+            attns = [attn(cout, level) for _ in range(n)] if cfg.attention_levels[level] else []
+            self.down_blocks.append(UNetBlock(resnets, attns, None if last else Downsample(cout), up=False))
+            skip_channels += [cout] * (n if last else n + 1)
+            cin = cout
+
+        self.mid_block = UNetBlock([res(ch[-1], ch[-1]), res(ch[-1], ch[-1])], [attn(ch[-1], -1)], None, up=False)
+
+        self.up_blocks = nn.ModuleList()
+        cin = ch[-1]
+        for i, level in enumerate(reversed(range(len(ch)))):
+            cout, last = ch[level], level == 0
+            resnets = []
+            for j in range(n + 1):
+                resnets.append(res((cin if j == 0 else cout) + skip_channels.pop(), cout))
+            attns = [attn(cout, level) for _ in range(n + 1)] if cfg.attention_levels[level] else []
+            self.up_blocks.append(UNetBlock(resnets, attns, None if last else Upsample(cout), up=True))
+            cin = cout
+
+        self.conv_norm_out = nn.GroupNorm(groups, ch[0], eps=1e-5)
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+        self.num_self_attention_layers = sum(len(b.attentions) for b in self._blocks())
+
+    def _blocks(self) -> list[UNetBlock]:
+        return [*self.down_blocks, self.mid_block, *self.up_blocks]
+
+    def add_image_prompt_projections(self) -> None:
+        """Give every cross-attention IP-Adapter's extra key/value projections."""
+        for block in self._blocks():
+            for t in block.attentions:
+                t.transformer_blocks[0].attn2.add_image_prompt_projections()
+
+    def forward(self, x: Tensor, t, context: Tensor, *, kv: Optional[Sequence[Optional[KV]]] = None,
+                return_kv: bool = False, image_prompt: Optional[ImagePrompt] = None,
+                stop_after_up_block: Optional[int] = None):
+        """Predict the noise (or v) for latent `x` at timestep `t`.
+
+        kv: per self-attention layer, (k, v) to use instead of the layer's own, or None.
+        return_kv: also return the (k, v) every self-attention layer used.
+        stop_after_up_block: return the feature map after that up block (DIFT features).
+        """
+        b = x.shape[0]
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
+        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_channels[0]).to(x.dtype))
+        kv_in = list(kv) if kv is not None else [None] * self.num_self_attention_layers
+        kv_out: list[KV] = []
+
+        def run(block: UNetBlock, h: Tensor, up: bool) -> Tensor:
+            """One level: the down path pushes every output on the skip stack, the up path pops."""
+            for j, resnet in enumerate(block.resnets):
+                if up:
+                    h = torch.cat([h, skips.pop()], dim=1)
+                h = resnet(h, temb)
+                if block.attentions:
+                    h, layer_kv = block.attentions[j](h, context, kv_in[len(kv_out)], image_prompt)
+                    kv_out.append(layer_kv)
+                if not up:
+                    skips.append(h)
+            if block.sampler is not None:
+                h = block.sampler(h)
+                if not up:
+                    skips.append(h)
+            return h
+
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h = run(block, h, up=False)
+        h = self.mid_block.resnets[0](h, temb)
+        h, layer_kv = self.mid_block.attentions[0](h, context, kv_in[len(kv_out)], image_prompt)
+        kv_out.append(layer_kv)
+        h = self.mid_block.resnets[1](h, temb)
+        for i, block in enumerate(self.up_blocks):
+            h = run(block, h, up=True)
+            if i == stop_after_up_block:
+                return h
+        out = self.conv_out(F.silu(self.conv_norm_out(h)))
+        return (out, kv_out) if return_kv else out
