@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import cv2
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,3 +50,20 @@ def paste_steps(timesteps: list[int], schedule: str = "every_step", end_t: float
     if schedule == "single_step":
         return [i == 0 for i in range(len(timesteps))]
     raise ValueError(f"unknown copy-paste schedule {schedule!r}; choose one of {', '.join(PASTE_SCHEDULES)}")
+
+
+def region_border(xy: Tensor, size: tuple[int, int]) -> Tensor:
+    """The outer contour positions of a set of (x, y) positions on an (h, w) grid.
+
+    "CP then Encode" noises these around the pasted target as well as the handle, so the
+    pasted block's hard edge is regenerated rather than kept.
+    """
+    h, w = size
+    grid = np.zeros((h, w), np.uint8)
+    pts = xy.cpu().numpy()
+    grid[pts[:, 1], pts[:, 0]] = 1
+    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return xy[:0]
+    border = np.concatenate([c[:, 0, :] for c in contours])  # (N, 2) as (x, y)
+    return torch.as_tensor(border, dtype=xy.dtype, device=xy.device)
