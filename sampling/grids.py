@@ -1,0 +1,64 @@
+"""Timestep grids: which (from, to) timesteps the inversion and denoising loops visit.
+
+Timesteps are integer training timesteps (0 … 999); ᾱ is looked up at each.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .schedule import TRAIN_TIMESTEPS
+
+# RegionDrag run_eval.py: steps = 20, start_t = 0.5 (10 inversion steps)
+STEPS = 20
+START_T = 0.5
+
+Steps = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """inversion[i] = (t, t_next): step i of the inversion takes x_t to x_t_next (ascending).
+    denoising[j] = (t, t_prev): step j of the denoising calls the model at t and lands at t_prev."""
+
+    inversion: Steps
+    denoising: Steps
+
+
+def linspace_timesteps(steps: int, train_timesteps: int = TRAIN_TIMESTEPS) -> list[int]:
+    """Diffusers' DPM-Solver "linspace" grid (999, 949, …, 50 for 20 steps), descending.
+
+    numpy float64 linspace + round-half-to-even, as the reference, so .5 ties (499.5 -> 500) agree.
+    """
+    return np.linspace(0, train_timesteps - 1, steps + 1).round()[::-1][:-1].astype(np.int64).tolist()
+
+
+def num_inversion_steps(steps: int, start_t: float) -> int:
+    """The reference's int(start_t * steps); 1 … steps-1 (its grid indexes past t = 999 otherwise)."""
+    n = int(start_t * steps)
+    if not 1 <= n <= steps - 1:
+        raise ValueError(f"int(start_t * steps) must be in 1 … {steps - 1}, got {n} (steps={steps}, start_t={start_t})")
+    return n
+
+
+def reference_grid(steps: int = STEPS, start_t: float = START_T, train_timesteps: int = TRAIN_TIMESTEPS) -> Grid:
+    """RegionDrag's (and SDE-Drag's) grid, 549/550 mismatch included.
+
+    Both loops step by stride = train_timesteps // steps from timesteps of the linspace grid:
+    inversion from the n smallest (50, 100, …, 500 -> 100, …, 550; the clean latent counts as x_50);
+    denoising from the n grid timesteps after the first steps-n-1 (549, 500, …, 100 -> 499, 450, …, 50).
+    x_550 is thus denoised as if it were x_549, and x_499 is next treated as x_500, so a no-op edit
+    does not reconstruct its input exactly; `consistent_grid` removes that.
+    """
+    n = num_inversion_steps(steps, start_t)
+    stride = train_timesteps // steps
+    grid = linspace_timesteps(steps, train_timesteps)
+    return Grid(
+        inversion=tuple((t, t + stride) for t in reversed(grid[steps - n :])),
+        denoising=tuple((t, t - stride) for t in grid[steps - n - 1 : -1]),
+    )
+
+
+def consistent_grid(steps: int = STEPS, start_t: float = START_T, train_timesteps: int = TRAIN_TIMESTEPS) -> Grid:
+    """The reference inversion, denoised along the same timesteps in reverse (550 -> 500 -> … -> 50)."""
+    inversion = reference_grid(steps, start_t, train_timesteps).inversion
+    return Grid(inversion=inversion, denoising=tuple((t_next, t) for t, t_next in reversed(inversion)))
