@@ -33,10 +33,10 @@ def linspace_timesteps(steps: int, train_timesteps: int = TRAIN_TIMESTEPS) -> li
 
 
 def num_inversion_steps(steps: int, start_t: float) -> int:
-    """The reference's int(start_t * steps); 1 … steps-1 (its grid indexes past t = 999 otherwise)."""
+    """The reference's int(start_t * steps), in 1 … steps-1 (with n = steps its inversion passes t = 999)."""
     n = int(start_t * steps)
     if not 1 <= n <= steps - 1:
-        raise ValueError(f"int(start_t * steps) must be in 1 … {steps - 1}, got {n} (steps={steps}, start_t={start_t})")
+        raise ValueError(f"int(start_t * steps) = {n} must be in 1 … {steps - 1} (steps={steps}, start_t={start_t})")
     return n
 
 
@@ -47,7 +47,8 @@ def reference_grid(steps: int = STEPS, start_t: float = START_T, train_timesteps
     inversion from the n smallest (50, 100, …, 500 -> 100, …, 550; the clean latent counts as x_50);
     denoising from the n grid timesteps after the first steps-n-1 (549, 500, …, 100 -> 499, 450, …, 50).
     x_550 is thus denoised as if it were x_549, and x_499 is next treated as x_500, so a no-op edit
-    does not reconstruct its input exactly; `consistent_grid` removes that.
+    does not reconstruct its input exactly; `consistent_grid` removes that. When stride does not divide
+    train_timesteps the inversion steps do not chain either (steps=7: 143 -> 285, 285 -> 427, 428 -> 570).
     """
     n = num_inversion_steps(steps, start_t)
     stride = train_timesteps // steps
@@ -59,6 +60,9 @@ def reference_grid(steps: int = STEPS, start_t: float = START_T, train_timesteps
 
 
 def consistent_grid(steps: int = STEPS, start_t: float = START_T, train_timesteps: int = TRAIN_TIMESTEPS) -> Grid:
-    """The reference inversion, denoised along the same timesteps in reverse (550 -> 500 -> … -> 50)."""
+    """The reference inversion, denoised along the same steps in reverse (550 -> 500 -> … -> 50).
+
+    Denoising step j undoes inversion step n-1-j exactly, so a cycle-SDE no-op edit reconstructs its input.
+    """
     inversion = reference_grid(steps, start_t, train_timesteps).inversion
     return Grid(inversion=inversion, denoising=tuple((t_next, t) for t, t_next in reversed(inversion)))

@@ -10,7 +10,9 @@ from .grids import Grid
 from .schedule import alpha_bar
 from .steps import Model, ddim_step, inversion_step
 
-BeforeStep = Callable[[int, int, Tensor], Tensor]  # before_step(i, t, x) -> x, called before each model call
+# before_step(i, t, x) -> x, called before each model call; return a new tensor rather than editing x
+# in place, since x is also the recorded latents[i]
+BeforeStep = Callable[[int, int, Tensor], Tensor]
 
 
 @dataclass(frozen=True)

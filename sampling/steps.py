@@ -59,5 +59,6 @@ def inversion_step(
         return ddim_step(x, model(x, t, i), a, a_next, prediction_type=prediction_type), None
     x_next = math.sqrt(a_next / a) * x + math.sqrt(1 - a_next / a) * noise
     pred = model(x_next, t_next, i)
+    # the reverse step with zero noise is its mean; z is what σ z must add to reach x_t
     mean = ddim_step(x_next, pred, a_next, a, prediction_type=prediction_type, eta=1.0, noise=noise.new_zeros(()))
     return x_next, (x - mean) / ddim_sigma(a_next, a, 1.0)

@@ -75,9 +75,12 @@ def test_ddim_step_matches_diffusers(t, eta, prediction_type):
     assert max_err(ours, expected) < 1e-6
 
 
-def test_step_keeps_latent_dtype():
-    x = latent().half()
-    assert ddim_step(x, x, float(AC[549]), float(AC[499]), 1.0, torch.zeros_like(x)).dtype == torch.float16
+def test_loops_keep_the_latent_dtype():
+    model = lambda x, t, i: 0.5 * x  # noqa: E731
+    grid, gen = reference_grid(), torch.Generator().manual_seed(0)
+    inv = invert(model, latent().half(), grid, AC, generator=gen, disable=True)
+    den = denoise(model, inv.latents[-1], grid, AC, eta=1.0, noises=inv.noises[::-1], disable=True)
+    assert {x.dtype for x in inv.latents + inv.noises + den.latents} == {torch.float16}
 
 
 def test_stochastic_step_without_noise_is_an_error():
