@@ -27,7 +27,7 @@ from models.vae import AutoencoderKL
 from sampling import Grid, Trajectory, consistent_grid, denoise, invert, reference_grid, scaled_linear_alphas_cumprod
 
 from .attention_swap import AttentionSwap, KVStore
-from .copy_paste import add_handle_noise, paste, paste_steps, region_border
+from .copy_paste import PASTE_SCHEDULES, add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
 from .regions import Region, RegionError
