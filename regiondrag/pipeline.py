@@ -83,6 +83,7 @@ class RegionDragPipeline:
         self.device, self.dtype = p.device, p.dtype
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
         self._cache: tuple[tuple, Inversion] | None = None  # the last image's inversion
+        self._timesteps: dict[int, Tensor] = {}
 
     @classmethod
     def from_pretrained(cls, src: Optional[str] = None, *, ip_adapter: Optional[str] = None,
@@ -98,6 +99,26 @@ class RegionDragPipeline:
         text_encoder = weights.load_text_encoder(src, dtype=dtype, device=device)
         prompter = weights.load_image_prompter(ip_adapter, unet, dtype=dtype, device=device) if ip_adapter else None
         return cls(unet, vae, text_encoder, prompter)
+
+    def clear_cache(self) -> None:
+        """Forget the cached inversion (its K/V are ~0.5 GB at 512px in fp16)."""
+        self._cache = None
+
+    def compile(self, mode: str = "max-autotune-no-cudagraphs") -> None:
+        """torch.compile the UNet and both VAE halves; the first edit at each size compiles.
+
+        Attention control is plain arguments, so the UNet traces as one graph (fullgraph=True)
+        per K/V pattern: record, replay all layers, or a chosen subset.
+        """
+        self.unet.forward = torch.compile(self.unet.forward, mode=mode, fullgraph=True, dynamic=False)
+        self.vae.encode_moments = torch.compile(self.vae.encode_moments, mode=mode, dynamic=False)
+        self.vae.decode = torch.compile(self.vae.decode, mode=mode, dynamic=False)
+
+    def _timestep(self, t: int) -> Tensor:
+        """Timesteps as device tensors (made once): a Python int would be a compile-time constant."""
+        if t not in self._timesteps:
+            self._timesteps[t] = torch.tensor(t, device=self.device)
+        return self._timesteps[t]
 
     # -- the method ------------------------------------------------------------------------
 
@@ -176,7 +197,8 @@ class RegionDragPipeline:
             return x if editable is None else torch.where(editable, x, stored)
 
         def replay(x: Tensor, t: int, j: int) -> Tensor:
-            return self.unet(x, t, inv.context, kv=inv.kv.replay(j, attention_swap), image_prompt=inv.image_prompt)
+            return self.unet(x, self._timestep(t), inv.context, kv=inv.kv.replay(j, attention_swap),
+                             image_prompt=inv.image_prompt)
 
         denoised = denoise(replay, start, schedule, self.alphas_cumprod, eta=1.0 if sde else 0.0, noises=noises,
                            before_step=before_step, prediction_type=self.unet.cfg.prediction_type,
@@ -222,7 +244,7 @@ class RegionDragPipeline:
         store = KVStore(self.unet.num_self_attention_layers)
 
         def record(x: Tensor, t: int, i: int) -> Tensor:
-            eps, kvs = self.unet(x, t, context, return_kv=True, image_prompt=image_prompt)
+            eps, kvs = self.unet(x, self._timestep(t), context, return_kv=True, image_prompt=image_prompt)
             store.record(i, kvs)
             return eps
 
@@ -237,7 +259,7 @@ class RegionDragPipeline:
     # -- pieces ------------------------------------------------------------------------------
 
     def _model(self, context: Tensor, image_prompt: Optional[ImagePrompt]):
-        return lambda x, t, i: self.unet(x, t, context, image_prompt=image_prompt)
+        return lambda x, t, i: self.unet(x, self._timestep(t), context, image_prompt=image_prompt)
 
     @staticmethod
     def preview(work: Image.Image, regions: Optional[Sequence[Region]], photo_size: tuple[int, int],
