@@ -1,0 +1,130 @@
+"""IP-Adapter-Plus (h94/IP-Adapter) into our Resampler and UNet; its CLIP image encoder.
+
+The official checkpoint layout (tencent-ailab/IP-Adapter `IPAdapter.load_ip_adapter`): a .bin
+holds two nested dicts `{"image_proj": ..., "ip_adapter": ...}`, a .safetensors the same keys
+flattened with those prefixes.
+
+    image_proj.<name>             -> Resampler.<name> (models/resampler.py keeps the names)
+    ip_adapter.<n>.to_k_ip.weight -> the cross-attention's to_k_ip (to_v_ip likewise)
+
+n numbers the attention processors of diffusers' UNet in `unet.attn_processors` order (the
+official code saves `ModuleList(unet.attn_processors.values())`; diffusers' loader
+`_convert_ip_adapter_attn_to_diffusers` reads `{key_id}.to_k_ip.weight`, key_id = 1, 3, 5, ...).
+That order is module registration order, where diffusers registers `up_blocks` before
+`mid_block`: down blocks, up blocks, then the mid block. attn1 and attn2 alternate, so the k-th
+cross-attention in that order is n = 2k + 1 (SD1.5: down 1..11, up 13..29, mid 31).
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+from transformers import CLIPVisionModelWithProjection
+
+from models.attention import CrossAttention
+from models.image_encoder import ImageEncoder, clip_image_processor
+from models.resampler import Resampler, ResamplerConfig
+from models.unet import UNet
+
+from .errors import WeightsError, WeightsNotFoundError
+from .files import PathLike, read_state_dict
+
+IP_ADAPTER_REPO = "h94/IP-Adapter"
+# The reference loads `models/ip-adapter-plus_sd15.bin` (region_utils/cycle_sde.py); the repo holds
+# the same weights as .safetensors too, which loads without unpickling.
+IP_ADAPTER_FILE = "models/ip-adapter-plus_sd15.safetensors"
+IMAGE_ENCODER_FOLDER = "image_encoder"  # beside the adapter file: diffusers' `load_ip_adapter` default
+CACHE = Path(__file__).parent / "cache" / IP_ADAPTER_REPO  # git-ignored
+
+
+def ip_adapter_files(src: Optional[PathLike] = None, fetch: bool = False) -> tuple[Path, Path]:
+    """(adapter file, image-encoder folder). src: an adapter file (the encoder folder is its sibling
+    `image_encoder/`), a folder laid out like h94/IP-Adapter, or None: the download cache, filled
+    from the hub only with `fetch=True`."""
+    root = CACHE if src is None else Path(src)
+    adapter = root / IP_ADAPTER_FILE if src is None or root.is_dir() else root
+    folder = adapter.parent / IMAGE_ENCODER_FOLDER
+    if src is None and fetch:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(IP_ADAPTER_REPO, allow_patterns=[IP_ADAPTER_FILE, f"models/{IMAGE_ENCODER_FOLDER}/*"],
+                          local_dir=CACHE)
+    missing = [str(p) for p in (adapter, folder / "config.json") if not p.exists()]
+    if missing:
+        hint = ("pass fetch=True to download them" if src is None else
+                f"get {IP_ADAPTER_FILE} and models/{IMAGE_ENCODER_FOLDER}/ from {IP_ADAPTER_REPO}")
+        raise WeightsNotFoundError(f"IP-Adapter files not found: {', '.join(missing)}; {hint}")
+    return adapter, folder
+
+
+def read_ip_adapter(path: PathLike) -> dict[str, Tensor]:
+    """The checkpoint's tensors under flat official keys (`image_proj.*`, `ip_adapter.*`)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return read_state_dict(path)
+    # the official .bin nests {"image_proj": {...}, "ip_adapter": {...}}; read_state_dict reads flat
+    # dicts only, so it serves .safetensors and flat .bin files
+    try:
+        nested = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise WeightsError(f"cannot read {path} as a torch checkpoint ({e})") from e
+    if not isinstance(nested, dict):
+        raise WeightsError(f"{path} holds no state dict")
+    flat = {f"{group}.{k}": v for group, sub in nested.items() if isinstance(sub, dict) for k, v in sub.items()}
+    return flat or read_state_dict(path)
+
+
+def cross_attention_paths(unet: UNet) -> list[str]:
+    """Our cross-attention module paths in diffusers' attention-processor order (see top)."""
+    paths = [name for name, m in unet.named_modules() if isinstance(m, CrossAttention)]
+    order = ("down_blocks", "up_blocks", "mid_block")
+    return sorted(paths, key=lambda p: order.index(p.split(".")[0]))  # stable: keeps order inside a group
+
+
+def ip_adapter_key_map(unet: UNet, resampler: Resampler) -> dict[str, Tensor]:
+    """Official key -> the tensor of ours it loads into."""
+    targets = {f"image_proj.{k}": v for k, v in resampler.state_dict().items()}
+    modules = dict(unet.named_modules())
+    for k, path in enumerate(cross_attention_paths(unet)):
+        attn = modules[path]
+        targets[f"ip_adapter.{2 * k + 1}.to_k_ip.weight"] = attn.to_k_ip.weight
+        targets[f"ip_adapter.{2 * k + 1}.to_v_ip.weight"] = attn.to_v_ip.weight
+    return targets
+
+
+@torch.no_grad()
+def load_ip_adapter(path: PathLike, unet: UNet, cfg: ResamplerConfig = ResamplerConfig.sd15()) -> Resampler:
+    """Give `unet` the adapter's to_k_ip / to_v_ip and return its Resampler (built from `cfg`,
+    on the CPU in fp32), strictly: every key used, every tensor loaded, shapes equal."""
+    state = read_ip_adapter(path)
+    resampler = Resampler(cfg)
+    unet.add_image_prompt_projections()
+    targets = ip_adapter_key_map(unet, resampler)
+    missing, unexpected = sorted(targets.keys() - state.keys()), sorted(state.keys() - targets.keys())
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path} does not match IP-Adapter-Plus for this UNet: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}. Likely cause: another adapter variant "
+            f"(plain IP-Adapter has image_proj.proj.weight, no image_proj.latents) or another SD version "
+            f"(SD1.5 has 16 cross-attentions: ip_adapter.1 ... ip_adapter.31).")
+    wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(t.shape)}"
+             for k, t in targets.items() if state[k].shape != t.shape]
+    if wrong:
+        raise WeightsError(f"{path}: {len(wrong)} tensors of the wrong shape (another SD version or resampler "
+                         f"config?): " + "; ".join(wrong[:5]))
+    for k, t in targets.items():
+        t.copy_(state[k])
+    return resampler
+
+
+def load_image_encoder(folder: PathLike) -> ImageEncoder:
+    """CLIP vision model from a transformers folder (config.json + weights), with its preprocessing."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise WeightsNotFoundError(f"no image encoder at {folder}: expected config.json and model weights "
+                                f"(h94/IP-Adapter models/{IMAGE_ENCODER_FOLDER}/)")
+    model = CLIPVisionModelWithProjection.from_pretrained(folder).eval()
+    return ImageEncoder(model, clip_image_processor(model.config.image_size))
