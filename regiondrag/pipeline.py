@@ -104,15 +104,16 @@ class RegionDragPipeline:
         """Forget the cached inversion (its K/V are ~0.5 GB at 512px in fp16)."""
         self._cache = None
 
-    def compile(self, mode: str = "max-autotune-no-cudagraphs") -> None:
+    def compile(self, mode: str = "max-autotune-no-cudagraphs", backend="inductor") -> None:
         """torch.compile the UNet and both VAE halves; the first edit at each size compiles.
 
         Attention control is plain arguments, so the UNet traces as one graph (fullgraph=True)
         per K/V pattern: record, replay all layers, or a chosen subset.
         """
-        self.unet.forward = torch.compile(self.unet.forward, mode=mode, fullgraph=True, dynamic=False)
-        self.vae.encode_moments = torch.compile(self.vae.encode_moments, mode=mode, dynamic=False)
-        self.vae.decode = torch.compile(self.vae.decode, mode=mode, dynamic=False)
+        options = dict(backend=backend, dynamic=False, **({"mode": mode} if backend == "inductor" else {}))
+        self.unet.forward = torch.compile(self.unet.forward, fullgraph=True, **options)
+        self.vae.encode_moments = torch.compile(self.vae.encode_moments, **options)
+        self.vae.decode = torch.compile(self.vae.decode, **options)
 
     def _timestep(self, t: int) -> Tensor:
         """Timesteps as device tensors (made once): a Python int would be a compile-time constant."""
