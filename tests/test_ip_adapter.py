@@ -193,6 +193,20 @@ def test_bin_and_safetensors_read_the_same(loaded, tmp_path):
     assert a.keys() == b.keys() == state.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_from_pretrained_reads_the_h94_layout(tiny, loaded, tmp_path):
+    """A folder laid out like h94/IP-Adapter: models/ip-adapter-plus_sd15.safetensors, models/image_encoder/."""
+    plain_unet, _ = tiny
+    unet_ip, resampler, _, state = loaded
+    (tmp_path / "models").mkdir()
+    save_file(state, tmp_path / "models" / "ip-adapter-plus_sd15.safetensors")
+    tiny_clip(tmp_path / "models" / "image_encoder")
+    unet = UNet(UNetConfig.tiny()).eval()
+    unet.load_state_dict(plain_unet.state_dict())
+    prompter = ImagePrompter.from_pretrained(unet, tmp_path, cfg=ResamplerConfig.tiny())
+    assert torch.equal(prompter.tokens(photo()), ImagePrompter(load_clip(), resampler).tokens(photo()))
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), unet_ip.state_dict().values()))
+
+
 def test_missing_adapter_file_is_a_clear_error(tmp_path):
     path = tmp_path / "ip-adapter-plus_sd15.safetensors"
     with pytest.raises(WeightsNotFoundError, match="ip-adapter-plus_sd15.safetensors"):

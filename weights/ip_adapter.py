@@ -47,12 +47,13 @@ def ip_adapter_files(src: Optional[PathLike] = None, fetch: bool = False) -> tup
     root = CACHE if src is None else Path(src)
     adapter = root / IP_ADAPTER_FILE if src is None or root.is_dir() else root
     folder = adapter.parent / IMAGE_ENCODER_FOLDER
-    if src is None and fetch:
+    needed = (adapter, folder / "config.json")
+    if src is None and fetch and not all(p.exists() for p in needed):
         from huggingface_hub import snapshot_download
 
         snapshot_download(IP_ADAPTER_REPO, allow_patterns=[IP_ADAPTER_FILE, f"models/{IMAGE_ENCODER_FOLDER}/*"],
                           local_dir=CACHE)
-    missing = [str(p) for p in (adapter, folder / "config.json") if not p.exists()]
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         hint = ("pass fetch=True to download them" if src is None else
                 f"get {IP_ADAPTER_FILE} and models/{IMAGE_ENCODER_FOLDER}/ from {IP_ADAPTER_REPO}")
@@ -114,7 +115,7 @@ def load_ip_adapter(path: PathLike, unet: UNet, cfg: ResamplerConfig = Resampler
              for k, t in targets.items() if state[k].shape != t.shape]
     if wrong:
         raise WeightsError(f"{path}: {len(wrong)} tensors of the wrong shape (another SD version or resampler "
-                         f"config?): " + "; ".join(wrong[:5]))
+                           f"config?): " + "; ".join(wrong[:5]))
     for k, t in targets.items():
         t.copy_(state[k])
     return resampler
@@ -125,6 +126,6 @@ def load_image_encoder(folder: PathLike) -> ImageEncoder:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise WeightsNotFoundError(f"no image encoder at {folder}: expected config.json and model weights "
-                                f"(h94/IP-Adapter models/{IMAGE_ENCODER_FOLDER}/)")
+                                   f"(h94/IP-Adapter models/{IMAGE_ENCODER_FOLDER}/)")
     model = CLIPVisionModelWithProjection.from_pretrained(folder).eval()
     return ImageEncoder(model, clip_image_processor(model.config.image_size))
