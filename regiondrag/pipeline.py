@@ -100,6 +100,9 @@ class RegionDragPipeline:
         prompter = weights.load_image_prompter(ip_adapter, unet, dtype=dtype, device=device) if ip_adapter else None
         return cls(unet, vae, text_encoder, prompter)
 
+    def cached_inversion(self) -> Optional[Inversion]:
+        return None if self._cache is None else self._cache[1]
+
     def clear_cache(self) -> None:
         """Forget the cached inversion (its K/V are ~0.5 GB at 512px in fp16)."""
         self._cache = None

@@ -195,9 +195,11 @@ def measure(name: str, pipe: RegionDragPipeline, args, photo, regions, max_side:
     print(f"  UNet call      {stats(unet_call)}")
     for k, v in phases.items():
         print(f"    {k:22s} {v * 1e3:9.1f} ms")
+    kv_bytes = pipe.cached_inversion().kv.nbytes()
     print(f"  peak memory    {peak / 2**30:.2f} GiB ({'GPU allocated' if device.type == 'cuda' else 'process RSS'})")
+    print(f"  cached K/V     {kv_bytes / 2**30:.3f} GiB (the re-edit cache's self-attention keys/values)")
     return {"edit_s": statistics.median(edit), "reedit_s": statistics.median(reedit),
-            "unet_call_s": statistics.median(unet_call), "peak_mem_bytes": peak,
+            "unet_call_s": statistics.median(unet_call), "peak_mem_bytes": peak, "kv_cache_bytes": kv_bytes,
             "phases_s": phases, "edit_runs_s": edit}
 
 
