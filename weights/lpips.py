@@ -1,0 +1,107 @@
+"""LPIPS weights: the `lpips` package's linear heads and torchvision's ImageNet AlexNet.
+
+Where the files come from:
+- heads (6 KB): shipped inside the `lpips` package, `lpips/weights/v0.1/alex.pth`;
+  `lpips_heads_path()` finds it without importing the package (whose import needs torchvision);
+- AlexNet (233 MB): torchvision's ImageNet file, fetched by `fetch_alexnet()` into the weights
+  cache (`$REGIONDRAG_WEIGHTS`, else `weights/cache/`).
+
+    model = load_lpips()    # both files from their default places
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import urllib.request
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from models.lpips import CHANNELS, LPIPS, AlexNet
+
+PathLike = Union[str, os.PathLike]
+
+# torchvision's AlexNet_Weights.IMAGENET1K_V1; the name's suffix is the sha256's first 8 hex digits
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+LPIPS_VERSION = "0.1"  # the lpips package default, used by DragDiffusion's and RegionDrag's evaluations
+CONV_INDICES = (0, 3, 6, 8, 10)  # the five convs in torchvision's `features` Sequential
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("REGIONDRAG_WEIGHTS", Path(__file__).parent / "cache"))
+
+
+def lpips_heads_path() -> Path:
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the LPIPS heads ship with the `lpips` package: `pip install --no-deps lpips` "
+                                "(no torchvision needed), or pass the path of a v0.1 alex.pth")
+    return Path(spec.origin).parent / "weights" / f"v{LPIPS_VERSION}" / "alex.pth"
+
+
+def fetch_alexnet(dest: Optional[PathLike] = None) -> Path:
+    """Download torchvision's AlexNet once (checking its hash); return the local path."""
+    dest = Path(dest) if dest is not None else cache_dir() / ALEXNET_URL.rsplit("/", 1)[1]
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        urllib.request.urlretrieve(ALEXNET_URL, part)
+    except OSError as e:
+        raise RuntimeError(f"cannot download {ALEXNET_URL} ({e}); fetch it where there is internet and put it "
+                           f"at {dest}, or pass its path") from e
+    expected = ALEXNET_URL.rsplit("-", 1)[1].split(".")[0]
+    if not hashlib.sha256(part.read_bytes()).hexdigest().startswith(expected):
+        part.unlink()
+        raise RuntimeError(f"{ALEXNET_URL} downloaded with the wrong sha256 (expected prefix {expected}); retry")
+    part.rename(dest)  # atomic: a half-written file is never taken for the checkpoint
+    return dest
+
+
+def _read(path: PathLike) -> dict[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path} is not a state dict of tensors")
+    return dict(sd)
+
+
+def _assign(module: nn.Module, sd: dict[str, Tensor], key_map: dict[str, str], path: PathLike, what: str) -> None:
+    """Load `sd[file_key]` into `module`'s `key_map[file_key]`, strictly: every key and shape must match."""
+    missing = sorted(set(key_map) - set(sd))
+    unexpected = sorted(set(sd) - set(key_map))
+    if missing or unexpected:
+        raise KeyError(f"{path} is not {what}: missing keys {missing}, unexpected keys {unexpected}")
+    own = module.state_dict()
+    for file_key, key in key_map.items():
+        if sd[file_key].shape != own[key].shape:
+            raise ValueError(f"{path}: {file_key} has shape {tuple(sd[file_key].shape)}, expected "
+                             f"{tuple(own[key].shape)} for {what}")
+    module.load_state_dict({key: sd[file_key] for file_key, key in key_map.items()}, strict=True)
+
+
+def load_alexnet(net: AlexNet, path: PathLike) -> None:
+    """torchvision's AlexNet checkpoint; its classifier (unused by LPIPS) is skipped."""
+    sd = {k: v for k, v in _read(path).items() if not k.startswith("classifier.")}
+    key_map = {f"features.{i}.{p}": f"features.{i}.{p}" for i in CONV_INDICES for p in ("weight", "bias")}
+    _assign(net, sd, key_map, path, "a torchvision AlexNet checkpoint (features.{0,3,6,8,10})")
+
+
+def load_lpips_heads(lins: nn.ModuleList, path: PathLike) -> None:
+    """The lpips package's `lin{k}.model.1.weight` (index 1: after its training-only dropout)."""
+    key_map = {f"lin{k}.model.1.weight": f"{k}.weight" for k in range(len(CHANNELS))}
+    _assign(lins, _read(path), key_map, path, f"an lpips v{LPIPS_VERSION} AlexNet head file (lin0..lin4)")
+
+
+def load_lpips(heads_path: Optional[PathLike] = None, alexnet_path: Optional[PathLike] = None) -> LPIPS:
+    """An eval-mode, frozen LPIPS; default files: the lpips package's heads, the cached AlexNet."""
+    model = LPIPS()
+    load_alexnet(model.net, alexnet_path if alexnet_path is not None else fetch_alexnet())
+    load_lpips_heads(model.lins, heads_path if heads_path is not None else lpips_heads_path())
+    return model.eval().requires_grad_(False)
