@@ -47,22 +47,25 @@ def official_state_dict(dunet: UNet2DConditionModel, r: ResamplerConfig, seed: i
                    f"layers.{i}.0.to_out.weight": (r.dim, inner),
                    f"layers.{i}.1.1.weight": (r.dim * r.ff_mult, r.dim),
                    f"layers.{i}.1.3.weight": (r.dim, r.dim * r.ff_mult)}
-    state = {f"image_proj.{k}": torch.randn(s, generator=g) * 0.3 for k, s in shapes.items()}
-    for n, (name, module) in enumerate(dunet.attn_processors.items()):
+    gains = ("norm1.weight", "norm2.weight", "norm_out.weight", ".1.0.weight")  # LayerNorm gains: around 1
+    state = {f"image_proj.{k}": torch.randn(s, generator=g) * 0.3 + k.endswith(gains) for k, s in shapes.items()}
+    for n, name in enumerate(dunet.attn_processors):
         if name.endswith("attn2.processor"):
             attn = dunet.get_submodule(name.removesuffix(".processor"))
             for kv in ("k", "v"):
                 shape = (attn.to_k.out_features, attn.to_k.in_features)
                 state[f"ip_adapter.{n}.to_{kv}_ip.weight"] = torch.randn(shape, generator=g) * 0.3
-    for k in ("image_proj.norm_out.weight", "image_proj.layers.0.0.norm1.weight"):
-        state[k] = state[k] + 1  # LayerNorm gains around 1, as trained
     return state
 
 
+def nested(state: dict) -> dict:
+    """Flat official keys -> the official .bin's {"image_proj": {...}, "ip_adapter": {...}}."""
+    return {group: {k.removeprefix(group + "."): v for k, v in state.items() if k.startswith(group + ".")}
+            for group in ("image_proj", "ip_adapter")}
+
+
 def load_into_diffusers(dunet: UNet2DConditionModel, state: dict, scale: float) -> None:
-    nested = {group: {k.removeprefix(group + "."): v for k, v in state.items() if k.startswith(group + ".")}
-              for group in ("image_proj", "ip_adapter")}
-    dunet._load_ip_adapter_weights([nested], low_cpu_mem_usage=False)
+    dunet._load_ip_adapter_weights([nested(state)], low_cpu_mem_usage=False)
     for proc in dunet.attn_processors.values():
         if isinstance(proc, IPAdapterAttnProcessor2_0):
             proc.scale = [scale]
@@ -156,7 +159,8 @@ def test_scale_zero_is_the_plain_unet_exactly(tiny, loaded):
     x, context, _ = inputs()
     nan_tokens = torch.full((1, 32, 32), float("nan"))  # any use of the image branch would show
     with torch.no_grad():
-        assert torch.equal(unet(x, 601, context, image_prompt=ImagePrompt(nan_tokens, 0.0)), plain_unet(x, 601, context))
+        ours = unet(x, 601, context, image_prompt=ImagePrompt(nan_tokens, 0.0))
+        assert torch.equal(ours, plain_unet(x, 601, context))
 
 
 def test_reference_layout_matches_diffusers_fed_like_the_reference(loaded):
@@ -174,7 +178,8 @@ def test_reference_layout_matches_diffusers_fed_like_the_reference(loaded):
         ref = dunet(x, 601, encoder_hidden_states=context,
                     added_cond_kwargs={"image_embeds": [torch.stack([zero, real])]}).sample
         ours = unet(x, 601, context, image_prompt=image_prompt)
-        plain = unet(x, 601, context, image_prompt=ImagePrompter(prompter.encoder, resampler, reference_layout=False)(photo()))
+        photo_only = ImagePrompter(prompter.encoder, resampler, reference_layout=False)(photo())
+        plain = unet(x, 601, context, image_prompt=photo_only)
     assert image_prompt.tokens.shape == (1, 2 * ResamplerConfig.tiny().num_queries, 32)
     assert image_prompt.scale == 0.5
     torch.testing.assert_close(ours, ref, atol=TOL, rtol=0)
@@ -185,9 +190,7 @@ def test_reference_layout_matches_diffusers_fed_like_the_reference(loaded):
 
 def test_bin_and_safetensors_read_the_same(loaded, tmp_path):
     _, _, _, state = loaded
-    nested = {g: {k.removeprefix(g + "."): v for k, v in state.items() if k.startswith(g + ".")}
-              for g in ("image_proj", "ip_adapter")}
-    torch.save(nested, tmp_path / "a.bin")
+    torch.save(nested(state), tmp_path / "a.bin")
     save_file(state, tmp_path / "a.safetensors")
     a, b = read_ip_adapter(tmp_path / "a.bin"), read_ip_adapter(tmp_path / "a.safetensors")
     assert a.keys() == b.keys() == state.keys() and all(torch.equal(a[k], b[k]) for k in a)
