@@ -15,6 +15,7 @@ from models.lpips import AlexNet
 from regiondrag.metrics import (
     DIFT, LPIPS_SIZE, image_to_tensor, lpips_distance, match_points, mean_distance, search_masks,
 )
+import weights.lpips
 from weights.lpips import load_lpips, lpips_heads_path
 
 needs_lpips = pytest.mark.skipif(importlib.util.find_spec("lpips") is None,
@@ -120,24 +121,43 @@ def test_lpips_loader_errors_name_the_file(tmp_path, alexnet_file):
         load_lpips(good, good)  # files swapped
 
 
+def test_fetch_alexnet_uses_the_cache_and_checks_the_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGIONDRAG_WEIGHTS", str(tmp_path))
+    cached = tmp_path / "alexnet-owt-7be5be79.pth"
+    cached.write_bytes(b"already here")
+
+    def no_network(url, dest):
+        raise AssertionError("downloaded although the file is cached")
+    monkeypatch.setattr(weights.lpips.urllib.request, "urlretrieve", no_network)
+    assert weights.lpips.fetch_alexnet() == cached
+
+    cached.unlink()
+    monkeypatch.setattr(weights.lpips.urllib.request, "urlretrieve", lambda url, dest: dest.write_bytes(b"corrupt"))
+    with pytest.raises(RuntimeError, match="wrong sha256"):
+        weights.lpips.fetch_alexnet()
+    assert not any(tmp_path.iterdir())  # neither the checkpoint nor the partial download is left
+
+
 # ---------------------------------------------------------------- DIFT and Mean Distance
 
-def tiny_models(scaling_factor=VAEConfig.scaling_factor):
+def tiny_models(scaling_factor=VAEConfig.scaling_factor, **unet_config):
     torch.manual_seed(0)
-    unet = UNet(UNetConfig.tiny(linear_proj=True)).eval()  # SD2.x-style projections, as SD2.1
+    unet = UNet(UNetConfig.tiny(linear_proj=True, **unet_config)).eval()  # SD2.x-style projections, as SD2.1
     return unet, AutoencoderKL(VAEConfig.tiny(scaling_factor=scaling_factor)).eval()
 
 
 def test_dift_matches_the_reference_recipe_on_diffusers():
     """RegionDrag's SDFeaturizer: mode() * scaling, 8 copies, DDIM add_noise at 261, a forward hook
-    on `list(unet.children())[4][1]` (the second up-block), mean over copies."""
+    on `list(unet.children())[4][1]` (the second up-block, upsampler included), mean over copies."""
     from diffusers import AutoencoderKL as DAutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-    unet, vae = tiny_models()
+    # three levels, so that the second up-block ends in an upsampler as in SD
+    unet, vae = tiny_models(block_channels=(32, 64, 64), attention_levels=(True, True, False), heads=(2, 2, 2))
     d_unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=32,
-        attention_head_dim=2, norm_num_groups=8, use_linear_projection=True).eval()
+        sample_size=8, block_out_channels=(32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8, use_linear_projection=True).eval()
     d_unet.load_state_dict(unet.state_dict())
     d_vae = DAutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4).eval()
@@ -145,9 +165,10 @@ def test_dift_matches_the_reference_recipe_on_diffusers():
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
     dift = DIFT(unet, vae, image_size=64)
-    image, context = image_to_tensor(random_image(64, 64)), torch.randn(1, 77, 32)
+    image, context = image_to_tensor(random_image(48, 56)), torch.randn(1, 77, 32)
     with torch.no_grad():
-        latents = d_vae.encode(image).latent_dist.mode() * vae.scaling_factor
+        image_64 = F.interpolate(image, size=(64, 64))  # RegionDrag's compute_distance resize (nearest)
+        latents = d_vae.encode(image_64).latent_dist.mode() * vae.scaling_factor
         latents = latents.expand(8, -1, -1, -1)
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
         noisy = scheduler.add_noise(latents, noise, torch.tensor(261))
@@ -157,6 +178,7 @@ def test_dift_matches_the_reference_recipe_on_diffusers():
         handle.remove()
         expected = hooked[0].mean(dim=0, keepdim=True)
     got = dift(image, context, torch.Generator().manual_seed(0))
+    assert got.shape == (1, 64, 8, 8)  # latents 8x8, the second up-block's upsampler back to 8x8
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
