@@ -1,6 +1,6 @@
 """The image prompt: the photo being edited, as IP-Adapter-Plus tokens for every UNet call.
 
-    prompter = ImagePrompter.from_pretrained(unet, fetch=True)  # also gives unet its to_k_ip / to_v_ip
+    prompter = ImagePrompter.from_pretrained(unet)   # h94/IP-Adapter; gives unet its to_k_ip / to_v_ip
     image_prompt = prompter(photo)                   # ImagePrompt((1, 32, 768) tokens, scale 0.5)
     eps = unet(x, t, context, image_prompt=image_prompt)
 
@@ -24,7 +24,7 @@ from models.attention import ImagePrompt
 from models.image_encoder import ImageEncoder
 from models.resampler import Resampler, ResamplerConfig
 from models.unet import UNet
-from weights.ip_adapter import ip_adapter_files, load_image_encoder, load_ip_adapter
+from weights.ip_adapter import IP_ADAPTER_REPO, ip_adapter_files, load_image_encoder, load_ip_adapter
 
 IP_SCALE = 0.5            # reference: region_utils/cycle_sde.py `load_model`, ip_adapter_scale for v1-5 / v2-1
 REFERENCE_LAYOUT = True   # zero-image tokens then photo tokens: 2 x 16 = 32 image tokens per cross-attention
@@ -40,12 +40,13 @@ class ImagePrompter(nn.Module):
         self.reference_layout = reference_layout
 
     @classmethod
-    def from_pretrained(cls, unet: UNet, src: Optional[Union[str, Path]] = None, *, fetch: bool = False,
+    def from_pretrained(cls, unet: UNet, src: Union[str, Path] = IP_ADAPTER_REPO, *,
                         cfg: ResamplerConfig = ResamplerConfig.sd15(), reference_layout: bool = REFERENCE_LAYOUT,
                         dtype: Optional[torch.dtype] = None, device=None) -> "ImagePrompter":
         """Load IP-Adapter-Plus into `unet` (its to_k_ip / to_v_ip) and a new Resampler, and the CLIP
-        image encoder. src: see `weights.ip_adapter.ip_adapter_files` (None: the hub download cache)."""
-        adapter, encoder_folder = ip_adapter_files(src, fetch)
+        image encoder. src: an adapter file, an h94/IP-Adapter-like folder, or a hub id (fetched when
+        missing); see `weights.ip_adapter.ip_adapter_files`."""
+        adapter, encoder_folder = ip_adapter_files(src)
         resampler = load_ip_adapter(adapter, unet, cfg)
         return cls(load_image_encoder(encoder_folder), resampler, reference_layout).to(device=device, dtype=dtype)
 

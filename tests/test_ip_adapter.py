@@ -220,6 +220,15 @@ def test_missing_adapter_file_is_a_clear_error(tmp_path):
         load_image_encoder(tmp_path)
 
 
+def test_hub_id_not_cached_offline_is_a_clear_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("REGIONDRAG_WEIGHTS", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsNotFoundError, match="h94/IP-Adapter.*ip-adapter-plus_sd15.safetensors.*weights cache"):
+        ip_adapter_files("h94/IP-Adapter")
+
+
 def test_unreadable_adapter_file_is_a_clear_error(tmp_path):
     path = tmp_path / "broken.bin"
     path.write_bytes(b"not a checkpoint")

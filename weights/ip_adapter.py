@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Optional
 
 import torch
+from huggingface_hub import snapshot_download
 from torch import Tensor
 from transformers import CLIPVisionModelWithProjection
 
@@ -31,34 +31,48 @@ from models.unet import UNet
 
 from .errors import WeightsError, WeightsNotFoundError
 from .files import PathLike, read_state_dict
+from .hub import MODEL_ID, cache_dir
 
 IP_ADAPTER_REPO = "h94/IP-Adapter"
 # The reference loads `models/ip-adapter-plus_sd15.bin` (region_utils/cycle_sde.py); the repo holds
 # the same weights as .safetensors too, which loads without unpickling.
 IP_ADAPTER_FILE = "models/ip-adapter-plus_sd15.safetensors"
 IMAGE_ENCODER_FOLDER = "image_encoder"  # beside the adapter file: diffusers' `load_ip_adapter` default
-CACHE = Path(__file__).parent / "cache" / IP_ADAPTER_REPO  # git-ignored
+HUB_FILES = (IP_ADAPTER_FILE, f"models/{IMAGE_ENCODER_FOLDER}/config.json",
+             f"models/{IMAGE_ENCODER_FOLDER}/model.safetensors")  # CLIP ViT-H/14, 2.5 GB
 
 
-def ip_adapter_files(src: Optional[PathLike] = None, fetch: bool = False) -> tuple[Path, Path]:
-    """(adapter file, image-encoder folder). src: an adapter file (the encoder folder is its sibling
-    `image_encoder/`), a folder laid out like h94/IP-Adapter, or None: the download cache, filled
-    from the hub only with `fetch=True`."""
-    root = CACHE if src is None else Path(src)
-    adapter = root / IP_ADAPTER_FILE if src is None or root.is_dir() else root
+def ip_adapter_files(src: PathLike = IP_ADAPTER_REPO) -> tuple[Path, Path]:
+    """(adapter file, image-encoder folder) of `src`: an adapter file (the encoder folder is its
+    sibling `image_encoder/`), a folder laid out like h94/IP-Adapter, or a hub id laid out so: its
+    snapshot in the weights cache, fetched when missing unless the hub is offline."""
+    path = Path(src).expanduser()
+    if not path.exists() and MODEL_ID.fullmatch(str(src)):
+        path = _snapshot(str(src))
+    adapter = path / IP_ADAPTER_FILE if path.is_dir() else path
     folder = adapter.parent / IMAGE_ENCODER_FOLDER
-    needed = (adapter, folder / "config.json")
-    if src is None and fetch and not all(p.exists() for p in needed):
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(IP_ADAPTER_REPO, allow_patterns=[IP_ADAPTER_FILE, f"models/{IMAGE_ENCODER_FOLDER}/*"],
-                          local_dir=CACHE)
-    missing = [str(p) for p in needed if not p.exists()]
+    missing = [str(p) for p in (adapter, folder / "config.json") if not p.exists()]
     if missing:
-        hint = ("pass fetch=True to download them" if src is None else
-                f"get {IP_ADAPTER_FILE} and models/{IMAGE_ENCODER_FOLDER}/ from {IP_ADAPTER_REPO}")
-        raise WeightsNotFoundError(f"IP-Adapter files not found: {', '.join(missing)}; {hint}")
+        raise WeightsNotFoundError(f"IP-Adapter files not found: {', '.join(missing)}; get {IP_ADAPTER_FILE} and "
+                                   f"models/{IMAGE_ENCODER_FOLDER}/ from {IP_ADAPTER_REPO}, or pass that hub id")
     return adapter, folder
+
+
+def _snapshot(model_id: str) -> Path:
+    """The cached snapshot of `model_id` with HUB_FILES; downloads only what the cache lacks."""
+    reason = "not cached"
+    for local_only in (True, False):
+        try:
+            folder = Path(snapshot_download(model_id, allow_patterns=list(HUB_FILES), cache_dir=cache_dir(),
+                                            local_files_only=local_only))
+        except Exception as e:  # noqa: BLE001 - not cached, offline, network, auth: all "not here"
+            reason = f"{type(e).__name__}: {e}"
+            continue
+        if all((folder / f).is_file() for f in HUB_FILES):
+            return folder
+        reason = "the repo lacks some of them"
+    raise WeightsNotFoundError(f"{model_id}: {', '.join(HUB_FILES)} neither in the weights cache ({cache_dir()}) "
+                               f"nor downloadable ({reason})")
 
 
 def read_ip_adapter(path: PathLike) -> dict[str, Tensor]:
