@@ -1,5 +1,78 @@
+"""Shared fixtures: tiny model settings and folders of random weights in diffusers' layout.
+
+    folder = save_diffusers_folder(tmp_path)   # unet/ vae/ text_encoder/ tokenizer/ scheduler/
+    def test_something(tiny_sd_folder): ...    # the same folder, built once per session
+
+TINY_UNET / TINY_VAE are diffusers' settings for our UNetConfig.tiny() / VAEConfig.tiny();
+TINY_CLIP is a 2-layer CLIP text model whose width is the tiny UNet's context width.
+"""
+import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from torch import nn
+
 # let a bare `pytest` import the top-level packages without an editable install
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TINY_UNET = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=32,
+                 attention_head_dim=2, norm_num_groups=8, sample_size=16)
+TINY_VAE = dict(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                sample_size=32)
+# A CLIP BPE vocabulary in the hub files' format: characters, word-final characters (</w>), merges.
+LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+TOKENS = LETTERS + [c + "</w>" for c in LETTERS] + ["th", "the</w>", "<|startoftext|>", "<|endoftext|>"]
+MERGES = ["t h", "th e</w>"]
+TINY_CLIP = dict(vocab_size=len(TOKENS), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=77, bos_token_id=TOKENS.index("<|startoftext|>"),
+                 eos_token_id=TOKENS.index("<|endoftext|>"), pad_token_id=TOKENS.index("<|endoftext|>"))
+
+
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Default init leaves norm scales at 1 and shifts at 0, which would hide swapped norm keys."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+                m.weight.normal_(1.0, 0.1)
+                m.bias.normal_(0.0, 0.1)
+    return model
+
+
+def write_clip_tokenizer(folder: Path) -> Path:
+    """vocab.json, merges.txt and tokenizer_config.json, as in SD1.5's tokenizer/ on the hub."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(TOKENS)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(
+        model_max_length=77, bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>", do_lower_case=True, tokenizer_class="CLIPTokenizer")))
+    return folder
+
+
+def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE, text_encoder: dict = TINY_CLIP,
+                          prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """A diffusers pipeline folder of random weights; pass None to leave a component out."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    if unet is not None:
+        randomize_norms(UNet2DConditionModel(**unet)).save_pretrained(root / "unet")
+    if vae is not None:
+        randomize_norms(AutoencoderKL(**vae)).save_pretrained(root / "vae")
+    if text_encoder is not None:
+        randomize_norms(CLIPTextModel(CLIPTextConfig(**text_encoder))).save_pretrained(root / "text_encoder")
+        write_clip_tokenizer(root / "tokenizer")
+    # SD's noise schedule; prediction_type is where diffusers records SD2.1-768's v-prediction
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                  prediction_type=prediction_type).save_config(root / "scheduler")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory) -> Path:
+    return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sd"))

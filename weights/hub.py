@@ -1,0 +1,105 @@
+"""Hub model ids -> local diffusers folders, through a huggingface_hub cache inside the repo.
+
+    folder = resolve("stable-diffusion-v1-5/stable-diffusion-v1-5", ("unet", "scheduler"))
+
+A local path resolves to itself. A model id resolves to its cached snapshot; only the files the
+requested components need are fetched (safetensors only, an fp16 `variant` only when asked),
+and nothing is fetched when the hub is offline (`HF_HUB_OFFLINE=1`): then a missing model is a
+`WeightsNotFoundError` naming the command that fetches it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+from huggingface_hub import constants, snapshot_download
+
+from .errors import WeightsNotFoundError
+from .files import WEIGHT_SUFFIXES, PathLike
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD1.5, the reference's base model
+ALIASES = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}  # the original repo, since taken down
+FETCH_COMMAND = "python -m weights.fetch"
+
+# What each component needs from a diffusers repo; {v} is "" or "." + variant (e.g. ".fp16").
+COMPONENT_FILES = {
+    "unet": ("unet/config.json", "unet/diffusion_pytorch_model{v}.safetensors"),
+    "vae": ("vae/config.json", "vae/diffusion_pytorch_model{v}.safetensors"),
+    "text_encoder": ("text_encoder/config.json", "text_encoder/model{v}.safetensors"),
+    "tokenizer": ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
+                  "tokenizer/special_tokens_map.json"),
+    "scheduler": ("scheduler/scheduler_config.json",),  # carries prediction_type (SD2.1-768: v)
+}
+COMPONENTS = tuple(COMPONENT_FILES)
+MODEL_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def cache_dir() -> Path:
+    """$REGIONDRAG_WEIGHTS, else weights/cache/ in the repo (git-ignored)."""
+    return Path(os.environ.get("REGIONDRAG_WEIGHTS") or Path(__file__).parent / "cache")
+
+
+def needed_files(components: Sequence[str], variant: Optional[str] = None) -> list[str]:
+    unknown = set(components) - set(COMPONENT_FILES)
+    if unknown:
+        raise ValueError(f"unknown components {sorted(unknown)}; choose from {', '.join(COMPONENTS)}")
+    v = f".{variant}" if variant else ""
+    return [f.format(v=v) for c in components for f in COMPONENT_FILES[c]]
+
+
+def _offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it again so a later setting counts
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _missing(folder: Path, files: Sequence[str]) -> list[str]:
+    return [f for f in files if not (folder / f).is_file()]
+
+
+def _cached(model_id: str, files: Sequence[str]) -> Optional[Path]:
+    """The cached snapshot of `model_id` holding all `files`, or None; never goes online."""
+    try:
+        folder = Path(snapshot_download(model_id, allow_patterns=list(files), cache_dir=cache_dir(),
+                                        local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure to find it locally means "not cached"
+        return None
+    return None if _missing(folder, files) else folder
+
+
+def _not_found(model_id: str, files: Sequence[str], reason: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"{model_id}: {reason} (needed: {', '.join(files)}; weights cache: {cache_dir()}). "
+        f"Fetch it where there is internet with `{FETCH_COMMAND} {model_id}` (then copy the cache folder "
+        f"here or point $REGIONDRAG_WEIGHTS at it), or point at local files with `--weights PATH` "
+        f"(a diffusers folder or a .safetensors/.ckpt file).")
+
+
+def download(model_id: str, components: Sequence[str] = COMPONENTS, variant: Optional[str] = None) -> Path:
+    """Fetch what `components` need of `model_id` into the cache (no-op when cached); its folder."""
+    model_id = ALIASES.get(model_id, model_id)
+    files = needed_files(components, variant)
+    folder = _cached(model_id, files)
+    if folder is not None:
+        return folder
+    if _offline():
+        raise _not_found(model_id, files, "not in the weights cache, and the hub is offline (HF_HUB_OFFLINE)")
+    try:
+        folder = Path(snapshot_download(model_id, allow_patterns=files, cache_dir=cache_dir()))
+    except Exception as e:  # noqa: BLE001 - network, auth and not-found errors all end here
+        raise _not_found(model_id, files, f"download failed ({type(e).__name__}: {e})") from e
+    missing = _missing(folder, files)
+    if missing:
+        raise _not_found(model_id, missing, f"the repo has no {', '.join(missing)} (another variant or layout?)")
+    return folder
+
+
+def resolve(src: PathLike, components: Sequence[str] = COMPONENTS, variant: Optional[str] = None) -> Path:
+    """A local file or folder as is; a hub model id (or alias) as its cached snapshot folder."""
+    path = Path(src).expanduser()
+    if path.exists():
+        return path
+    if not MODEL_ID.fullmatch(str(src)) or str(src).endswith(WEIGHT_SUFFIXES):
+        raise WeightsNotFoundError(f"no checkpoint file or folder at {src} (nor is it a hub model id 'org/name')")
+    return download(str(src), components, variant)

@@ -1,0 +1,141 @@
+"""The loaders: a diffusers folder, a single-file checkpoint or a hub model id -> our modules.
+
+    unet = load_unet("stable-diffusion-v1-5/stable-diffusion-v1-5", dtype=torch.float16, device="cuda")
+    vae = load_vae("v1-5-pruned-emaonly.safetensors")
+    text_encoder = load_text_encoder("path/to/diffusers/folder")
+
+The config comes from the checkpoint (config.json, or tensor shapes for a single file) unless
+one is given. Loading is strict: missing, unexpected and wrongly shaped tensors are a
+WeightsError naming the file and the likely cause. Models are built on the meta device and
+take the checkpoint's tensors (cast, moved) as their parameters: no random fp32 copy first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from models.text_encoder import TextEncoder
+from models.unet import UNet, UNetConfig
+from models.vae import AutoencoderKL, VAEConfig
+
+from . import diffusers_layout, original_layout
+from .errors import WeightsError, WeightsNotFoundError
+from .files import Checkpoint, PathLike
+from .hub import DEFAULT_MODEL, resolve
+
+Device = Union[str, torch.device]
+READERS = {  # component -> (diffusers-folder reader, single-file reader)
+    "unet": (diffusers_layout.read_unet, original_layout.read_unet),
+    "vae": (diffusers_layout.read_vae, original_layout.read_vae),
+    "text_encoder": (diffusers_layout.read_text_encoder, original_layout.read_text_encoder),
+}
+SHOWN = 8  # keys listed per kind of mismatch
+
+
+def _read(path: Path, component: str, variant: Optional[str]) -> Checkpoint:
+    from_folder, from_file = READERS[component]
+    return from_folder(path, variant) if path.is_dir() else from_file(path)
+
+
+def _few(keys) -> str:
+    keys = sorted(map(str, keys))
+    return ", ".join(keys[:SHOWN]) + (f", ... ({len(keys) - SHOWN} more)" if len(keys) > SHOWN else "")
+
+
+def _kind(cfg) -> str:
+    if isinstance(cfg, UNetConfig):
+        sd = 2 if cfg.context_dim == original_layout.SD2_CONTEXT_DIM else 1
+        return f"SD{sd}.x-style (context width {cfg.context_dim})"
+    return type(cfg).__name__
+
+
+def _settings(cfg) -> dict:
+    """A config's settings: our dataclasses' fields, or a transformers config's public entries."""
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    return {k: v for k, v in cfg.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+
+
+def _likely_cause(given, found, matched: int) -> str:
+    a, b = _settings(given), _settings(found)
+    diffs = sorted(f"{k}: checkpoint {b.get(k)!r}, given {a.get(k)!r}" for k in a.keys() | b.keys()
+                   if a.get(k) != b.get(k))
+    if diffs:
+        return (f"Likely cause: the config given does not fit the checkpoint: it looks like an {_kind(found)} "
+                f"checkpoint but an {_kind(given)} config was given ({'; '.join(diffs)}).")
+    if matched == 0:
+        return "Likely cause: the file holds another model's weights (none of the expected names is in it)."
+    return "Likely cause: an incomplete file, or weights of a modified architecture."
+
+
+def _raise_on_mismatch(path: Path, target: str, missing, unexpected, wrong, cause: str) -> None:
+    if not (missing or unexpected or wrong):
+        return
+    lines = [f"{path} does not fit {target}:"]
+    lines += [f"  {len(missing)} missing keys: {_few(missing)}"] if missing else []
+    lines += [f"  {len(unexpected)} unexpected keys: {_few(unexpected)}"] if unexpected else []
+    lines += [f"  {len(wrong)} tensors of the wrong shape: {_few(wrong)}"] if wrong else []
+    raise WeightsError("\n".join(lines + [cause]))
+
+
+def _build(cls: type[nn.Module], cfg, ckpt: Checkpoint, dtype: torch.dtype, device: Device) -> nn.Module:
+    with torch.device("meta"):
+        model = cls(cfg)
+    expected, state = model.state_dict(), ckpt.state_dict
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    wrong = [f"{k} (file {tuple(state[k].shape)}, model {tuple(t.shape)})"
+             for k, t in expected.items() if k in state and state[k].shape != t.shape]
+    _raise_on_mismatch(ckpt.path, f"{cls.__name__}({cfg})", missing, unexpected, wrong,
+                       _likely_cause(cfg, ckpt.config, len(expected.keys() & state.keys())))
+    state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def load_unet(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
+              config: Optional[UNetConfig] = None, variant: Optional[str] = None) -> UNet:
+    """variant: a hub/diffusers weights variant such as "fp16" (diffusion_pytorch_model.fp16.safetensors)."""
+    path = resolve(src, ("unet", "scheduler"), variant)
+    ckpt = _read(path, "unet", variant)
+    if config is None and path.is_file() and ckpt.config.context_dim == original_layout.SD2_CONTEXT_DIM:
+        warnings.warn(original_layout.SD2_PREDICTION_NOTE)
+    return _build(UNet, config or ckpt.config, ckpt, dtype, device)
+
+
+def load_vae(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
+             config: Optional[VAEConfig] = None, variant: Optional[str] = None) -> AutoencoderKL:
+    ckpt = _read(resolve(src, ("vae",), variant), "vae", variant)
+    return _build(AutoencoderKL, config or ckpt.config, ckpt, dtype, device)
+
+
+def _tokenizer(src: PathLike) -> CLIPTokenizer:
+    """From a diffusers folder (its tokenizer/), a tokenizer folder, or a hub model id."""
+    root = resolve(src, ("tokenizer",))
+    folder = root / "tokenizer" if (root / "tokenizer").is_dir() else root
+    if not (folder / "vocab.json").is_file():
+        raise WeightsNotFoundError(f"no CLIP tokenizer (vocab.json, merges.txt) in {folder}")
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def load_text_encoder(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
+                      config: Optional[CLIPTextConfig] = None, tokenizer: Optional[PathLike] = None,
+                      skip_last_layers: int = 0, variant: Optional[str] = None) -> TextEncoder:
+    """transformers' CLIPTextModel and CLIPTokenizer, wrapped. A single file carries no tokenizer:
+    it comes from `tokenizer` (a folder or hub id), by default SD1.5's (the same CLIP ViT-L one)."""
+    path = resolve(src, ("text_encoder", "tokenizer"), variant)
+    ckpt = _read(path, "text_encoder", variant)
+    cfg = config or ckpt.config
+    # transformers' own loader: it knows how its key layout changed across versions (text_model.*)
+    model, info = CLIPTextModel.from_pretrained(None, config=cfg, state_dict=ckpt.state_dict,
+                                                ignore_mismatched_sizes=True, output_loading_info=True)
+    matched = len(model.state_dict()) - len(info["missing_keys"])
+    _raise_on_mismatch(ckpt.path, "CLIPTextModel", info["missing_keys"], info["unexpected_keys"],
+                       info["mismatched_keys"], _likely_cause(cfg, ckpt.config, matched))
+    tok = _tokenizer(tokenizer if tokenizer is not None else path if path.is_dir() else DEFAULT_MODEL)
+    return TextEncoder(model.to(device=device, dtype=dtype).eval(), tok, skip_last_layers)
