@@ -9,8 +9,9 @@ utils/drag.py) stacks the CLIP features of a zero pixel tensor and of the photo 
 (2, 1, 257, 1280) tensor; with guidance 1 its `get_eps` (region_utils/cycle_sde.py) keeps that
 list whole at latent batch 1, and diffusers' IP-Adapter attention views the (2, 1, 16, 768)
 projections as (1, 32, 768). So every cross-attention attends, in one softmax, to 32 image
-tokens: the zero image's 16, then the photo's 16. The plain layout is IP-Adapter's own
-conditional branch: the photo's 16 tokens only.
+tokens: the zero image's 16, then the photo's 16 (the order itself is immaterial: attention
+without positions is invariant to permuting keys; sharing one softmax is what changes the output).
+The plain layout is IP-Adapter's own conditional branch: the photo's 16 tokens only.
 """
 from __future__ import annotations
 
