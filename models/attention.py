@@ -80,7 +80,7 @@ class CrossAttention(nn.Module):
         if image_prompt is not None and image_prompt.scale != 0:
             if self.to_k_ip is None:
                 raise RuntimeError("image_prompt given but this UNet has no IP-Adapter weights loaded")
-            tokens = image_prompt.tokens
+            tokens = image_prompt.tokens.expand(q.shape[0], -1, -1)  # one photo's tokens for every latent
             ip = multihead_attention(q, self.to_k_ip(tokens), self.to_v_ip(tokens), self.heads)
             out = out + image_prompt.scale * ip
         return self.to_out[0](out)

@@ -29,6 +29,7 @@ from sampling import Grid, Trajectory, consistent_grid, denoise, invert, referen
 from .attention_swap import AttentionSwap, KVStore
 from .copy_paste import PASTE_SCHEDULES, add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
+from .image_prompt import IP_SCALE
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
 from .regions import Region, RegionError
 
@@ -38,7 +39,6 @@ START_T = 0.5
 END_T = 0.2          # no effect with the reference's paste schedule (see copy_paste.PASTE_SCHEDULES)
 NOISE_SCALE = 1.0    # handle noise s: pure noise at handle positions
 SEED = 42
-IP_SCALE = 0.5       # IP-Adapter-Plus weight in the reference's load_model
 
 METHODS = {  # ours -> the reference UI's names
     "encode_then_cp": "Encode then CP",  # cycle-SDE inversion of the photo, paste latents (default)
@@ -97,7 +97,11 @@ class RegionDragPipeline:
         unet = weights.load_unet(src, dtype=dtype, device=device)
         vae = weights.load_vae(src, dtype=dtype, device=device)
         text_encoder = weights.load_text_encoder(src, dtype=dtype, device=device)
-        prompter = weights.load_image_prompter(ip_adapter, unet, dtype=dtype, device=device) if ip_adapter else None
+        prompter = None
+        if ip_adapter:
+            from .image_prompt import ImagePrompter
+
+            prompter = ImagePrompter.from_pretrained(unet, ip_adapter, dtype=dtype, device=device)
         return cls(unet, vae, text_encoder, prompter)
 
     def cached_inversion(self) -> Optional[Inversion]:

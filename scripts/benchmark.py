@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig  # noqa: E402
 from models.attention import ImagePrompt  # noqa: E402
 from regiondrag.image_io import load_image  # noqa: E402
+from weights.ip_adapter import IP_ADAPTER_REPO  # noqa: E402
 from regiondrag.pipeline import RegionDragPipeline  # noqa: E402
 from regiondrag.regions import regions_from_json  # noqa: E402
 
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
           f"{max_side}px, 20 steps, start_t 0.5, IP-Adapter {'on' if args.ip_adapter else 'off'}, torch {torch.__version__}")
 
     if args.weights:
-        pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter="default" if args.ip_adapter else None,
+        pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=IP_ADAPTER_REPO if args.ip_adapter else None,
                                                   device=str(device), dtype=dtype)
     else:
         unet, vae, text, prompter = random_models(args.size, args.ip_adapter, device, dtype)
