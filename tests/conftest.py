@@ -5,6 +5,7 @@
 
 TINY_UNET / TINY_VAE are diffusers' settings for our UNetConfig.tiny() / VAEConfig.tiny();
 TINY_CLIP is a 2-layer CLIP text model whose width is the tiny UNet's context width.
+`sd15_folder` (slow tests only: ~4 GB, ~40 s) holds a UNet and a VAE of SD1.5's shapes.
 """
 import json
 import sys
@@ -23,6 +24,10 @@ TINY_UNET = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBl
 TINY_VAE = dict(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4, norm_num_groups=4,
                 sample_size=32)
+# SD1.5's real shapes (diffusers' defaults otherwise), for the slow tests
+SD15_UNET = dict(cross_attention_dim=768)
+SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
 # A CLIP BPE vocabulary in the hub files' format: characters, word-final characters (</w>), merges.
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
 TOKENS = LETTERS + [c + "</w>" for c in LETTERS] + ["th", "the</w>", "<|startoftext|>", "<|endoftext|>"]
@@ -43,13 +48,15 @@ def randomize_norms(model: nn.Module) -> nn.Module:
 
 
 def write_clip_tokenizer(folder: Path) -> Path:
-    """vocab.json, merges.txt and tokenizer_config.json, as in SD1.5's tokenizer/ on the hub."""
+    """The four files of SD1.5's tokenizer/ on the hub (transformers 5 would save tokenizer.json instead)."""
     folder.mkdir(parents=True, exist_ok=True)
+    special = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                   pad_token="<|endoftext|>")
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(TOKENS)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
     (folder / "tokenizer_config.json").write_text(json.dumps(dict(
-        model_max_length=77, bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
-        pad_token="<|endoftext|>", do_lower_case=True, tokenizer_class="CLIPTokenizer")))
+        special, model_max_length=77, do_lower_case=True, tokenizer_class="CLIPTokenizer")))
     return folder
 
 
@@ -76,3 +83,8 @@ def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_V
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory) -> Path:
     return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def sd15_folder(tmp_path_factory) -> Path:
+    return save_diffusers_folder(tmp_path_factory.mktemp("sd15"), unet=SD15_UNET, vae=SD15_VAE, text_encoder=None)

@@ -38,9 +38,9 @@ READERS = {  # component -> (diffusers-folder reader, single-file reader)
 SHOWN = 8  # keys listed per kind of mismatch
 
 
-def _read(path: Path, component: str, variant: Optional[str]) -> Checkpoint:
+def _read(path: Path, component: str, variant: Optional[str], config) -> Checkpoint:
     from_folder, from_file = READERS[component]
-    return from_folder(path, variant) if path.is_dir() else from_file(path)
+    return from_folder(path, variant) if path.is_dir() else from_file(path, config)
 
 
 def _few(keys) -> str:
@@ -102,7 +102,7 @@ def load_unet(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
               config: Optional[UNetConfig] = None, variant: Optional[str] = None) -> UNet:
     """variant: a hub/diffusers weights variant such as "fp16" (diffusion_pytorch_model.fp16.safetensors)."""
     path = resolve(src, ("unet", "scheduler"), variant)
-    ckpt = _read(path, "unet", variant)
+    ckpt = _read(path, "unet", variant, config)
     if config is None and path.is_file() and ckpt.config.context_dim == original_layout.SD2_CONTEXT_DIM:
         warnings.warn(original_layout.SD2_PREDICTION_NOTE)
     return _build(UNet, config or ckpt.config, ckpt, dtype, device)
@@ -110,7 +110,7 @@ def load_unet(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
 
 def load_vae(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
              config: Optional[VAEConfig] = None, variant: Optional[str] = None) -> AutoencoderKL:
-    ckpt = _read(resolve(src, ("vae",), variant), "vae", variant)
+    ckpt = _read(resolve(src, ("vae",), variant), "vae", variant, config)
     return _build(AutoencoderKL, config or ckpt.config, ckpt, dtype, device)
 
 
@@ -129,7 +129,7 @@ def load_text_encoder(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.
     """transformers' CLIPTextModel and CLIPTokenizer, wrapped. A single file carries no tokenizer:
     it comes from `tokenizer` (a folder or hub id), by default SD1.5's (the same CLIP ViT-L one)."""
     path = resolve(src, ("text_encoder", "tokenizer"), variant)
-    ckpt = _read(path, "text_encoder", variant)
+    ckpt = _read(path, "text_encoder", variant, config)
     cfg = config or ckpt.config
     # transformers' own loader: it knows how its key layout changed across versions (text_model.*)
     model, info = CLIPTextModel.from_pretrained(None, config=cfg, state_dict=ckpt.state_dict,

@@ -112,12 +112,16 @@ def _read(path: Path, prefix: str, what: str) -> dict[str, Tensor]:
     return state
 
 
-def _infer(path: Path, what: str, infer, state: dict[str, Tensor]):
+def _infer(path: Path, what: str, infer, state: dict[str, Tensor], given=None):
+    """The config the shapes imply; `given` when they imply none (it is only compared with, for hints)."""
     try:
         return infer(state)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, ZeroDivisionError) as e:
+        if given is not None:
+            return given
         raise WeightsError(f"{path}: cannot infer the {what} config from tensor shapes ({type(e).__name__}: "
-                           f"{e} after renaming to diffusers names); is it an SD1.x/2.x checkpoint?") from e
+                           f"{e} after renaming to diffusers names); is it an SD1.x/2.x checkpoint? "
+                           f"Else pass its config") from e
 
 
 def infer_unet_config(state: dict[str, Tensor]) -> UNetConfig:
@@ -160,23 +164,23 @@ def infer_text_config(state: dict[str, Tensor]) -> CLIPTextConfig:
     )
 
 
-def read_unet(path: Path) -> Checkpoint:
+def read_unet(path: Path, config=None) -> Checkpoint:
     state = _read(path, UNET_PREFIX, "UNet")
     downsamplers = _indices(state, r"input_blocks\.(\d+)\.0\.op\.")
     k = downsamplers[0] if downsamplers else len(_indices(state, r"input_blocks\.(\d+)\."))
     state = rename_parts(rename_prefix(state, unet_rules(k)), RESBLOCK_PARTS)
-    return Checkpoint(state, _infer(path, "UNet", infer_unet_config, state), path)
+    return Checkpoint(state, _infer(path, "UNet", infer_unet_config, state, config), path)
 
 
-def read_vae(path: Path) -> Checkpoint:
+def read_vae(path: Path, config=None) -> Checkpoint:
     state = _read(path, VAE_PREFIX, "VAE")
     state = rename_parts(rename_prefix(state, vae_rules(len(_indices(state, r"decoder\.up\.(\d+)\.")))), VAE_PARTS)
     # the original's attention projections are 1x1 convolutions: (C, C, 1, 1) -> Linear's (C, C)
     state = {k: v[:, :, 0, 0] if v.ndim == 4 and VAE_ATTENTION_WEIGHT.fullmatch(k) else v for k, v in state.items()}
-    return Checkpoint(state, _infer(path, "VAE", infer_vae_config, state), path)
+    return Checkpoint(state, _infer(path, "VAE", infer_vae_config, state, config), path)
 
 
-def read_text_encoder(path: Path) -> Checkpoint:
+def read_text_encoder(path: Path, config=None) -> Checkpoint:
     """Keys stay in transformers' `text_model.*` layout (its loader adapts them to the installed version)."""
     state = _read(path, TEXT_PREFIX, "text model")
-    return Checkpoint(state, _infer(path, "text model", infer_text_config, state), path)
+    return Checkpoint(state, _infer(path, "text model", infer_text_config, state, config), path)

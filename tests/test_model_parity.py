@@ -1,0 +1,124 @@
+"""Our UNet and VAE, loaded by weights/ from diffusers folders of random weights, against
+diffusers' own models loaded from the same folders: outputs, K/V replay, fp16."""
+import pytest
+import torch
+from conftest import TINY_UNET, save_diffusers_folder
+from diffusers import AutoencoderKL as RefVAE
+from diffusers import UNet2DConditionModel as RefUNet
+
+import weights
+from models import UNetConfig
+
+# SD2.x's structure at tiny size: linear projections, heads per level, v-prediction
+TINY_SD2_UNET = dict(TINY_UNET, use_linear_projection=True, attention_head_dim=(2, 4),
+                     down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2)
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4) -> None:
+    assert torch.isfinite(ref).all() and ref.std() > 1e-2, "degenerate reference output: the test would prove nothing"
+    err, scale = (ours.float() - ref.float()).abs().max().item(), ref.abs().max().item()
+    assert err <= rel * scale, f"max-abs error {err:.3g} > {rel} x output scale {scale:.3g}"
+
+
+def unet_inputs(cfg: UNetConfig, size: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, cfg.in_channels, size, size, generator=g)
+    context = torch.randn(2, 77, cfg.context_dim, generator=g)
+    return x, torch.tensor([10, 700]), context
+
+
+def check_unet(folder, size: int = 16) -> None:
+    ours, ref = weights.load_unet(folder), RefUNet.from_pretrained(folder / "unet").eval()
+    x, t, context = unet_inputs(ours.cfg, size)
+    with torch.no_grad():
+        expected = ref(x, t, encoder_hidden_states=context).sample
+        assert_close(ours(x, t, context), expected)
+    assert (expected[0] - expected[1]).abs().max() > 1e-2, "output does not depend on the input"
+
+
+def check_vae(folder, size: int = 64) -> None:
+    ours, ref = weights.load_vae(folder), RefVAE.from_pretrained(folder / "vae").eval()
+    images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_close(ours.encode(images), ref.encode(images).latent_dist.mean)
+        assert_close(ours.decode(latents), ref.decode(latents).sample)
+
+
+def test_unet_matches_diffusers(tiny_sd_folder):
+    check_unet(tiny_sd_folder)
+
+
+def test_vae_matches_diffusers(tiny_sd_folder):
+    check_vae(tiny_sd_folder)
+
+
+@pytest.fixture(scope="module")
+def sd2_folder(tmp_path_factory):
+    return save_diffusers_folder(tmp_path_factory.mktemp("sd2"), unet=TINY_SD2_UNET, vae=None, text_encoder=None,
+                                 prediction_type="v_prediction", seed=1)
+
+
+def test_sd2_style_unet_matches_diffusers(sd2_folder):
+    cfg = weights.load_unet(sd2_folder).cfg
+    assert (cfg.linear_proj, cfg.heads, cfg.prediction_type) == (True, (2, 4), "v_prediction")
+    check_unet(sd2_folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(tiny_sd_folder):
+    return weights.load_unet(tiny_sd_folder)
+
+
+@torch.no_grad()
+def test_kv_replay_is_bit_identical(tiny_unet):
+    x, t, context = unet_inputs(tiny_unet.cfg)
+    out, kvs = tiny_unet(x, t, context, return_kv=True)
+    assert len(kvs) == tiny_unet.num_self_attention_layers == 4  # down 1, mid 1, up 2
+    assert torch.equal(tiny_unet(x, t, context, kv=kvs), out)
+
+
+@torch.no_grad()
+def test_kv_from_another_input_changes_the_output(tiny_unet):
+    x, t, context = unet_inputs(tiny_unet.cfg)
+    other, _, _ = unet_inputs(tiny_unet.cfg, seed=1)
+    out = tiny_unet(x, t, context)
+    _, other_kvs = tiny_unet(other, t, context, return_kv=True)
+    assert (tiny_unet(x, t, context, kv=other_kvs) - out).abs().max() > 1e-2 * out.abs().max()
+
+
+@torch.no_grad()
+def test_fp16_runs_on_cpu_without_nans(tiny_sd_folder):
+    unet = weights.load_unet(tiny_sd_folder, dtype=torch.float16)
+    vae = weights.load_vae(tiny_sd_folder, dtype=torch.float16)
+    assert next(unet.parameters()).dtype == next(vae.parameters()).dtype == torch.float16
+    x, t, context = unet_inputs(unet.cfg)
+    eps = unet(x.half(), t, context.half())
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = vae.encode(images.half())
+    decoded = vae.decode(latents)
+    for out in (eps, latents, decoded):
+        assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    # and fp16 computes the same function, to half precision
+    assert_close(eps, weights.load_unet(tiny_sd_folder)(x, t, context), rel=2e-2)
+
+
+@pytest.mark.slow
+def test_sd15_shapes_unet_matches_diffusers(sd15_folder):
+    assert weights.load_unet(sd15_folder, device="meta").cfg == UNetConfig.sd15()
+    check_unet(sd15_folder, size=32)
+
+
+@pytest.mark.slow
+def test_sd15_shapes_vae_matches_diffusers(sd15_folder):
+    check_vae(sd15_folder, size=128)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_sd15_has_16_self_attention_layers_and_replays(sd15_folder):
+    unet = weights.load_unet(sd15_folder)
+    x, t, context = unet_inputs(unet.cfg, size=16)
+    out, kvs = unet(x, t, context, return_kv=True)
+    assert len(kvs) == 16
+    assert torch.equal(unet(x, t, context, kv=kvs), out)
