@@ -33,4 +33,5 @@ class TextEncoder(nn.Module):
         if self.skip_last_layers == 0:
             return self.model(ids).last_hidden_state
         hidden = self.model(ids, output_hidden_states=True).hidden_states[-1 - self.skip_last_layers]
-        return self.model.text_model.final_layer_norm(hidden)
+        # transformers 5 flattened CLIPTextModel (no `.text_model`); 4.x nests it
+        return getattr(self.model, "text_model", self.model).final_layer_norm(hidden)
