@@ -318,7 +318,7 @@ def test_sd2_file_with_sd1_config_says_so(tmp_path):
     with pytest.raises(WeightsError) as info:
         weights.load_unet(path, config=sd1)
     message = str(info.value)
-    for part in (str(path), "SD2.x-style (context width 1024)", "SD1.x-style (context width 768)",
+    for part in (str(path), "looks like an SD2.x (context width 1024) checkpoint but an SD1.x (context width 768) config",
                  "context_dim: checkpoint 1024, given 768", "wrong shape", "attn2.to_k.weight"):
         assert part in message
 
@@ -389,7 +389,9 @@ def test_text_encoder_wrong_width_is_reported(tiny_sd_folder, tmp_path):
     wider = CLIPTextConfig(**{**TINY_CLIP, "hidden_size": 64})
     with pytest.raises(WeightsError) as info:
         weights.load_text_encoder(folder, config=wider)
-    assert "model.safetensors" in str(info.value) and "hidden_size: checkpoint 32, given 64" in str(info.value)
+    for part in ("text_encoder/model.safetensors", "wrong shape", "config given differs from the checkpoint's",
+                 "hidden_size: checkpoint 32, given 64"):
+        assert part in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,3 +412,16 @@ def test_sd15_single_file_layout(sd15_folder, tmp_path):
     vae = weights.load_vae(path)
     assert vae.cfg == VAEConfig.sd15()
     assert_same_tensors(vae.state_dict(), ref_vae.state_dict())
+
+
+
+def test_text_encoder_penultimate_layer(tiny_sd_folder):
+    """skip_last_layers=1 is the same model without its last layer (how diffusers' SD2 folders store it)."""
+    truncated = CLIPTextModel.from_pretrained(tiny_sd_folder / "text_encoder", num_hidden_layers=1).eval()
+    ids = CLIPTokenizer.from_pretrained(tiny_sd_folder / "tokenizer")(
+        PROMPTS, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = truncated(ids).last_hidden_state
+    encoder = weights.load_text_encoder(tiny_sd_folder, skip_last_layers=1)
+    assert torch.allclose(encoder(PROMPTS), expected, atol=1e-6)
+    assert not torch.allclose(encoder(PROMPTS), reference_embedding(tiny_sd_folder, PROMPTS), atol=1e-3)

@@ -24,17 +24,12 @@ DEPRECATED_VAE_ATTENTION: list[Rule] = [
 ]
 
 
-def _replace(m: re.Match, repl) -> str:
-    return repl(m) if callable(repl) else m.expand(repl)
-
-
 def rename_prefix(state: dict[str, Tensor], rules: list[Rule]) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():
         for pattern, repl in rules:
-            m = re.match(pattern, key)
-            if m:
-                key = _replace(m, repl) + key[m.end():]
+            key, hits = re.subn(f"^(?:{pattern})", repl, key, count=1)
+            if hits:
                 break
         out[key] = value
     return out
@@ -44,7 +39,7 @@ def rename_parts(state: dict[str, Tensor], rules: list[Rule]) -> dict[str, Tenso
     out = {}
     for key, value in state.items():
         for pattern, repl in rules:
-            key = re.sub(pattern, lambda m, repl=repl: _replace(m, repl), key)
+            key = re.sub(pattern, repl, key)
         out[key] = value
     return out
 

@@ -48,13 +48,6 @@ def _few(keys) -> str:
     return ", ".join(keys[:SHOWN]) + (f", ... ({len(keys) - SHOWN} more)" if len(keys) > SHOWN else "")
 
 
-def _kind(cfg) -> str:
-    if isinstance(cfg, UNetConfig):
-        sd = 2 if cfg.context_dim == original_layout.SD2_CONTEXT_DIM else 1
-        return f"SD{sd}.x-style (context width {cfg.context_dim})"
-    return type(cfg).__name__
-
-
 def _settings(cfg) -> dict:
     """A config's settings: our dataclasses' fields, or a transformers config's public entries."""
     if dataclasses.is_dataclass(cfg):
@@ -62,13 +55,19 @@ def _settings(cfg) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
 
 
+def _sd_version(cfg: UNetConfig) -> str:
+    return f"SD{2 if cfg.context_dim == original_layout.SD2_CONTEXT_DIM else 1}.x (context width {cfg.context_dim})"
+
+
 def _likely_cause(given, found, matched: int) -> str:
     a, b = _settings(given), _settings(found)
     diffs = sorted(f"{k}: checkpoint {b.get(k)!r}, given {a.get(k)!r}" for k in a.keys() | b.keys()
                    if a.get(k) != b.get(k))
     if diffs:
-        return (f"Likely cause: the config given does not fit the checkpoint: it looks like an {_kind(found)} "
-                f"checkpoint but an {_kind(given)} config was given ({'; '.join(diffs)}).")
+        what = (f"this looks like an {_sd_version(found)} checkpoint but an {_sd_version(given)} config was given"
+                if isinstance(given, UNetConfig) and given.context_dim != found.context_dim
+                else "the config given differs from the checkpoint's")
+        return f"Likely cause: {what} ({'; '.join(diffs)})."
     if matched == 0:
         return "Likely cause: the file holds another model's weights (none of the expected names is in it)."
     return "Likely cause: an incomplete file, or weights of a modified architecture."
