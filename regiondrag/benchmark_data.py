@@ -1,0 +1,134 @@
+"""DragBench-SR / DragBench-DR on disk: find the samples, read each one's photo and two pickles.
+
+The RegionDrag release (README "DragBench-SR & DragBench-DR") lays the data out as::
+
+    drag_data/
+        dragbench-sr/<sample>/               100 samples, from SDE-Drag's DragBench-S
+        dragbench-dr/<category>/<sample>/    205 samples, from DragDiffusion's DragBench(-D)
+
+and every sample folder holds `original_image.png`, `user_drag.png` (a drawing of the
+drag, unused), `meta_data.pkl` and `meta_data_region.pkl` (format: regiondrag.dragbench).
+
+The reference evaluation (RegionDrag run_eval.py) edits with the *region* file (its
+`get_drag_data` reads meta_data_region.pkl: prompt, editable mask and dense pairs) and
+measures Mean Distance with the *point* file (meta_data.pkl: the sparse handle/target
+clicks and its prompt). It edits each photo at its own size (region_utils/cycle_sde.py
+`get_img_latent` is called without `size`) and takes the pairs' latent cells as `// 8`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+from PIL import Image
+
+from .dragbench import DragBenchMeta, latent_mapping, read_meta_data
+from .image_io import load_image
+from .mapping import Mapping, latent_size_of
+
+SUBSETS = {"sr": "dragbench-sr", "dr": "dragbench-dr"}  # our short names -> the release's folder names
+SUBSET_TITLES = {"sr": "DragBench-SR", "dr": "DragBench-DR"}
+CATEGORY_LEVELS = {"sr": 0, "dr": 1}  # folders between the subset folder and a sample's folder
+IMAGE_FILE = "original_image.png"
+POINTS_FILE = "meta_data.pkl"
+REGION_FILE = "meta_data_region.pkl"
+# Inpaint4Drag's region file: the shared Google Drive archive was reported (RegionDrag issue #6)
+# to have been replaced by Inpaint4Drag's copy of the data, which may carry this instead.
+INPAINT4DRAG_FILE = "meta_data_i4p.pkl"
+
+PathLike = Union[str, os.PathLike]
+
+
+class DatasetError(ValueError):
+    """A dataset folder that is not in the DragBench-SR/DR layout; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    subset: str   # "sr" or "dr"
+    name: str     # path below the subset folder: "art_0", or "animals/JH_2023-09-14-1820-16" in DR
+    folder: Path
+
+    @property
+    def key(self) -> str:
+        """Unique across subsets, stable across runs: what results and saved edits are keyed by."""
+        return f"{self.subset}/{self.name}"
+
+    @property
+    def image_path(self) -> Path:
+        return self.folder / IMAGE_FILE
+
+    def image(self) -> Image.Image:
+        return load_image(self.image_path)
+
+    def region_meta(self) -> DragBenchMeta:
+        """What the edit uses: prompt, editable mask, dense pairs (image pixels)."""
+        return read_meta_data(self.folder / REGION_FILE)
+
+    def point_meta(self) -> DragBenchMeta:
+        """What Mean Distance uses: prompt and the sparse handle/target points (image pixels)."""
+        return read_meta_data(self.folder / POINTS_FILE)
+
+
+def subset_folder(root: PathLike, subset: str) -> Path:
+    """`root/dragbench-sr` (or -dr); `root` may also be that subset folder itself."""
+    if subset not in SUBSETS:
+        raise DatasetError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    folder = root if root.name == SUBSETS[subset] else root / SUBSETS[subset]
+    if not folder.is_dir():
+        raise DatasetError(f"no {SUBSETS[subset]}/ folder in {root}; unpack the RegionDrag data there "
+                           f"or choose the subsets it has")
+    return folder
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _missing_files(folder: Path) -> list[str]:
+    return [f for f in (IMAGE_FILE, POINTS_FILE, REGION_FILE) if not (folder / f).is_file()]
+
+
+def find_samples(root: PathLike, subsets: Iterable[str] = tuple(SUBSETS), limit: Optional[int] = None) -> list[Sample]:
+    """Every sample of the given subsets, sorted by name; `limit`: the first N of each subset.
+
+    All files are checked up front, so a long run does not stop at its 200th sample.
+    """
+    samples = []
+    for subset in subsets:
+        top = subset_folder(root, subset)
+        folders = [top]
+        for _ in range(CATEGORY_LEVELS[subset]):
+            folders = [sub for f in folders for sub in _subfolders(f)]
+        folders = [sub for f in folders for sub in _subfolders(f)][:limit]
+        if not folders:
+            raise DatasetError(f"{top} holds no sample folders (expected {SUBSETS[subset]}/"
+                               f"{'<category>/' * CATEGORY_LEVELS[subset]}<sample>/{IMAGE_FILE})")
+        for folder in folders:
+            missing = _missing_files(folder)
+            if missing:
+                hint = (f"; it has {INPAINT4DRAG_FILE}, i.e. Inpaint4Drag's version of the data, not RegionDrag's"
+                        if REGION_FILE in missing and (folder / INPAINT4DRAG_FILE).is_file() else "")
+                raise DatasetError(f"{folder}: missing {', '.join(missing)}{hint}")
+            samples.append(Sample(subset, folder.relative_to(top).as_posix(), folder))
+    return samples
+
+
+def region_mapping(meta: DragBenchMeta, photo_size: tuple[int, int], work_size: tuple[int, int]) -> Mapping:
+    """A region file's dense pairs (photo pixels) as latent pairs of the working size.
+
+    At the photo's own size this is the reference's `// 8`; otherwise the pairs are scaled first.
+    """
+    if meta.mask.shape != photo_size[::-1]:
+        raise DatasetError(f"the region file's mask is {meta.mask.shape[1]}x{meta.mask.shape[0]} but the photo "
+                           f"is {photo_size[0]}x{photo_size[1]}")
+    if work_size != photo_size:
+        scale = np.array(work_size) / np.array(photo_size)
+        meta = DragBenchMeta(meta.prompt, meta.mask, meta.handle * scale, meta.target * scale)
+    return latent_mapping(meta, latent_size_of(work_size))
