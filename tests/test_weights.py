@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY_CLIP, TINY_UNET, TINY_VAE, randomize_norms, save_diffusers_folder, write_clip_tokenizer
+from conftest import TINY_CLIP, TINY_UNET, TINY_VAE, save_diffusers_folder
 from diffusers import AutoencoderKL as RefVAE
 from diffusers import UNet2DConditionModel as RefUNet
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
@@ -45,8 +45,8 @@ def original_unet_prefixes(config: dict) -> list[tuple[str, str, bool]]:
         for j in range(k):
             pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{k * i + j}.0.", True))
             pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{k * i + j}.1.", False))
-        up_has_attention = attn[levels - 1 - i]
-        pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{k * i + n}.{2 if up_has_attention else 1}.", False))
+        after = 2 if attn[levels - 1 - i] else 1  # the upsampler follows the ResBlock (and transformer)
+        pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{k * i + n}.{after}.", False))
     return pairs
 
 
@@ -66,7 +66,8 @@ def to_original_vae(state: dict, config: dict) -> dict:
     rules = [(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block."),
              (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
              (r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block."),
-             (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample."),
+             (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+              lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample."),
              (r"(coder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
              (r"(coder)\.mid_block\.attentions\.0\.group_norm\.", r"\1.mid.attn_1.norm."),
              (r"(coder)\.mid_block\.attentions\.0\.to_([qkv])\.", r"\1.mid.attn_1.\2."),
@@ -273,7 +274,8 @@ def fake_hub_snapshot(cache, model_id, folder):
 
 def test_hub_id_resolves_to_the_cached_snapshot(tiny_sd_folder, offline_cache):
     fake_hub_snapshot(offline_cache, weights.DEFAULT_MODEL, tiny_sd_folder)
-    assert weights.resolve(weights.DEFAULT_MODEL) == offline_cache / f"models--{weights.DEFAULT_MODEL.replace('/', '--')}" / "snapshots" / REVISION
+    repo = "models--" + weights.DEFAULT_MODEL.replace("/", "--")
+    assert weights.resolve(weights.DEFAULT_MODEL) == offline_cache / repo / "snapshots" / REVISION
     assert_same_tensors(weights.load_unet(weights.DEFAULT_MODEL).state_dict(),
                         weights.load_unet(tiny_sd_folder).state_dict())
     # the original repo's id is an alias of the current one
@@ -318,7 +320,7 @@ def test_sd2_file_with_sd1_config_says_so(tmp_path):
     with pytest.raises(WeightsError) as info:
         weights.load_unet(path, config=sd1)
     message = str(info.value)
-    for part in (str(path), "looks like an SD2.x (context width 1024) checkpoint but an SD1.x (context width 768) config",
+    for part in (str(path), "looks like an SD2.x (context width 1024) checkpoint but an SD1.x (context width 768)",
                  "context_dim: checkpoint 1024, given 768", "wrong shape", "attn2.to_k.weight"):
         assert part in message
 

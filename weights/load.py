@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from models.text_encoder import TextEncoder

@@ -78,9 +78,9 @@ RESBLOCK_PARTS: list[Rule] = [
 def vae_rules(levels: int) -> list[Rule]:
     """The decoder's `up.i` counts from the highest resolution; diffusers' up_blocks in run order."""
     return [
-        (r"encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
+        (r"encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets."),
         (r"encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
-        (r"decoder\.up\.(\d+)\.block\.(\d+)\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}."),
+        (r"decoder\.up\.(\d+)\.block\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.resnets."),
         (r"decoder\.up\.(\d+)\.upsample\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0."),
         (r"(encoder|decoder)\.mid\.block_([12])\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
         (r"(encoder|decoder)\.mid\.attn_1\.", r"\1.mid_block.attentions.0."),
