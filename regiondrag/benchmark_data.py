@@ -72,6 +72,10 @@ class Sample:
         """What Mean Distance uses: prompt and the sparse handle/target points (image pixels)."""
         return read_meta_data(self.folder / POINTS_FILE)
 
+    def pair_counts(self) -> tuple[int, int]:
+        """(dense pairs in the region file: its "equivalent point pairs", sparse pairs in the point file)."""
+        return len(self.region_meta().handle), len(self.point_meta().handle)
+
 
 def subset_folder(root: PathLike, subset: str) -> Path:
     """`root/dragbench-sr` (or -dr); `root` may also be that subset folder itself."""

@@ -123,11 +123,11 @@ def random_tiny_models(device: str = "cpu", max_side: Optional[int] = None) -> M
         return unet, vae, lambda prompt: context  # a fixed embedding stands in for the text encoder
 
     def metrics() -> Metrics:
-        lpips = LPIPS()
+        dift = DIFT(*tiny(1), image_size=TINY_DIFT_SIZE, ensemble=TINY_DIFT_ENSEMBLE)
+        lpips = LPIPS()  # drawn after tiny()'s seeding, so the same in every run
         with torch.no_grad():
             for lin in lpips.lins:
                 lin.weight.abs_()  # LPIPS heads are non-negative, so distances are too
-        dift = DIFT(*tiny(1), image_size=TINY_DIFT_SIZE, ensemble=TINY_DIFT_ENSEMBLE)
         return Metrics(dift, lpips.to(device).eval())
 
     return Models(lambda: RegionDragPipeline(*tiny(0)), metrics, dict(weights="random-tiny", max_side=max_side))
@@ -285,15 +285,33 @@ def summarize(store: ResultStore, samples: Sequence[Sample], variants: Sequence[
     return out
 
 
+SUMMARY_HEADER = ["benchmark", "samples", "MD×100", "LPIPS×100", "s / edit"]
+
+
+def summary_row(s: Summary) -> list:
+    return [SUBSET_TITLES[s.subset], s.samples, s.md, s.lpips, s.seconds]
+
+
 def paper_table(summaries: Sequence[Summary]) -> str:
     """Ours beside the paper's RegionDrag row, one line per subset (and variant, when several)."""
     several = len({s.variant for s in summaries}) > 1
-    header = (["variant"] if several else []) + ["benchmark", "samples", "MD×100", "LPIPS×100", "s / edit",
-                                                 "paper MD×100", "paper LPIPS×100", "paper s / edit"]
-    rows = [([s.variant] if several else []) + [SUBSET_TITLES[s.subset], s.samples, s.md, s.lpips, s.seconds,
-                                                 *PAPER_SCORES[s.subset], PAPER_SECONDS_PER_EDIT]
+    header = (["variant"] if several else []) + SUMMARY_HEADER + ["paper MD×100", "paper LPIPS×100",
+                                                                  "paper s / edit"]
+    rows = [([s.variant] if several else []) + summary_row(s) + [*PAPER_SCORES[s.subset], PAPER_SECONDS_PER_EDIT]
             for s in summaries]
     return markdown_table(header, rows)
+
+
+def metric_series(summaries: Sequence[Summary], variants: Sequence[Variant]) -> dict[str, dict[str, list[float]]]:
+    """{benchmark: {"MD×100": [...], "LPIPS×100": [...]}}, values in the variants' order: what the plots draw."""
+    series: dict[str, dict[str, list[float]]] = {}
+    for v in variants:
+        for s in summaries:
+            if s.variant == v.name:
+                panels = series.setdefault(SUBSET_TITLES[s.subset], {"MD×100": [], "LPIPS×100": []})
+                panels["MD×100"].append(s.md)
+                panels["LPIPS×100"].append(s.lpips)
+    return series
 
 
 def write_results_json(path: PathLike, models: Models, variants: Sequence[Variant], summaries: Sequence[Summary],

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+import numpy as np
+
 PathLike = Union[str, os.PathLike]
 Row = Sequence[Any]
 FIGURE_DPI = 150
@@ -55,3 +57,43 @@ def save_figure(fig, path: PathLike) -> Path:
     fig.savefig(path, dpi=FIGURE_DPI)
     pyplot().close(fig)
     return path
+
+
+def plot_metrics(x: Sequence[Any], series: dict[str, dict[str, Sequence[float]]], xlabel: str, path: PathLike, *,
+                 bars: bool = False, logx: bool = False) -> Path:
+    """One panel per metric; in each, one line (or group of bars) per label: series[label][metric][i] at x[i]."""
+    plt = pyplot()
+    metrics = list(next(iter(series.values())))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
+    width = 0.8 / len(series)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (label, panels) in enumerate(series.items()):
+            if bars:
+                ax.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(x))], panels[metric], width,
+                       label=label)
+            else:
+                ax.plot(x, panels[metric], marker="o", label=label)
+        if bars:
+            ax.set_xticks(range(len(x)), [str(v) for v in x])
+        if logx:
+            ax.set_xscale("log")
+            ax.set_xticks(x, [f"{v:g}" for v in x])
+            ax.minorticks_off()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_histograms(values: dict[str, Sequence[int]], xlabel: str, path: PathLike, bins: int = 20) -> Path:
+    """One panel per label; log-spaced bins, since counts span orders of magnitude."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.5), squeeze=False)
+    for ax, (label, v) in zip(axes[0], values.items()):
+        lo, hi = max(min(v), 1), max(max(v), 2)
+        ax.hist(v, bins=np.geomspace(lo, hi * 1.001, bins + 1))
+        ax.set_xscale("log")
+        ax.set_title(f"{label} ({len(v)} samples)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("samples")
+    return save_figure(fig, path)
