@@ -144,7 +144,11 @@ class Variant:
 
 
 def edit_sample(pipe: RegionDragPipeline, sample: Sample, edit_kwargs: dict, max_side: Optional[int] = None):
-    """(edited photo, seconds) for one sample's region file; the time is a full edit, inversion included."""
+    """(edited photo, seconds) for one sample's region file; the time is a full edit, inversion included.
+
+    By default the photo is edited at its own size, as the reference, floored to multiples of 8
+    (where the reference's VAE would pad instead) with the pairs scaled to match.
+    """
     photo, meta = sample.image(), sample.region_meta()
     side = max_side or max(photo.size)  # default: the photo's own size, as the reference
     mapping = region_mapping(meta, photo.size, working_size(*photo.size, side))
@@ -350,7 +354,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_save_dir: str) 
                         help="IP-Adapter-Plus source, as the reference uses (default %(default)s; 'none': without)")
     parser.add_argument("--dift-weights", default=DIFT_MODEL, help="SD2.1 weights for DIFT (default %(default)s)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp16 on GPU (the reference's), fp32 on CPU")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="default: fp16 on GPU (the reference's), fp32 on CPU")
     parser.add_argument("--max-side", type=int, default=None,
                         help="long side to edit at (default: each photo's own size, as the reference)")
     parser.add_argument("--save-dir", type=Path, default=Path(default_save_dir),

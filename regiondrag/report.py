@@ -75,6 +75,7 @@ def plot_metrics(x: Sequence[Any], series: dict[str, dict[str, Sequence[float]]]
                 ax.plot(x, panels[metric], marker="o", label=label)
         if bars:
             ax.set_xticks(range(len(x)), [str(v) for v in x])
+            ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend above the bars
         if logx:
             ax.set_xscale("log")
             ax.set_xticks(x, [f"{v:g}" for v in x])
@@ -88,11 +89,15 @@ def plot_metrics(x: Sequence[Any], series: dict[str, dict[str, Sequence[float]]]
 def plot_histograms(values: dict[str, Sequence[int]], xlabel: str, path: PathLike, bins: int = 20) -> Path:
     """One panel per label; log-spaced bins, since counts span orders of magnitude."""
     plt = pyplot()
+    from matplotlib.ticker import LogFormatter
+
     fig, axes = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.5), squeeze=False)
     for ax, (label, v) in zip(axes[0], values.items()):
         lo, hi = max(min(v), 1), max(max(v), 2)
         ax.hist(v, bins=np.geomspace(lo, hi * 1.001, bins + 1))
         ax.set_xscale("log")
+        for set_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            set_formatter(LogFormatter())  # plain numbers; minor ticks labelled only on short ranges
         ax.set_title(f"{label} ({len(v)} samples)")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("samples")

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
         print(markdown_table(header, rows))
         out = args.out_dir or args.save_dir
         print(f"wrote {write_csv(out / 'copy_paste.csv', header, rows)}")
-        print(f"wrote {plot_metrics(list(SCHEDULES), E.metric_series(summaries, variants), 'copy-paste', out / 'copy_paste.png', bars=True)}")
+        series = E.metric_series(summaries, variants)
+        print(f"wrote {plot_metrics(list(SCHEDULES), series, 'copy-paste', out / 'copy_paste.png', bars=True)}")
 
     return E.script_main(body)
 

@@ -37,7 +37,9 @@ def main(argv=None) -> int:
         print(markdown_table(header, rows))
         out = args.out_dir or args.save_dir
         print(f"wrote {write_csv(out / 'point_fraction.csv', header, rows)}")
-        print(f"wrote {plot_metrics(args.fractions, E.metric_series(summaries, variants), 'fraction of dense pairs kept', out / 'point_fraction.png', logx=True)}")
+        plot = plot_metrics(args.fractions, E.metric_series(summaries, variants), 'fraction of dense pairs kept',
+                            out / 'point_fraction.png', logx=True)
+        print(f"wrote {plot}")
 
     return E.script_main(body)
 

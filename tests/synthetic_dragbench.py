@@ -75,8 +75,7 @@ def write_synthetic_dragbench(root: Path, size: int = SIZE) -> dict[str, Synthet
         dense_handle, dense_target = cells * CELL, (cells + (dx, dy)) * CELL
         handle = np.array([h for h, _ in sparse], np.float64)
         target = np.array([t for _, t in sparse], np.float64)
-        _dump(folder / "meta_data.pkl", prompt, _interleave([tuple(h) for h, _ in sparse], [tuple(t) for _, t in sparse]),
-              mask)
+        _dump(folder / "meta_data.pkl", prompt, _interleave([h for h, _ in sparse], [t for _, t in sparse]), mask)
         _dump(folder / "meta_data_region.pkl", prompt, _interleave(list(dense_handle), list(dense_target)), mask)
         sample = SyntheticSample(subset, name, prompt, mask != 0, handle, target, dense_handle, dense_target)
         written[sample.key] = sample

@@ -50,6 +50,11 @@ def tiny_args(bench_root, save_dir, *extra):
     return ["--data", str(bench_root), "--random-tiny", "--quiet", "--save-dir", str(save_dir), *map(str, extra)]
 
 
+def table_cells(out: str) -> list[list[str]]:
+    """The cells of the markdown table printed in `out`, row by row (the separator row included)."""
+    return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("|")]
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.reader(f))
@@ -138,15 +143,13 @@ def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
     assert evaluate(tiny_args(root, save, "--json", report)) == 0
     out = capsys.readouterr().out
     assert "4 samples x 1 variant(s): edited 4, measured 4, reused 0" in out
-    lines = out.splitlines()
-    table = [line for line in lines if line.startswith("|")]
-    header = next(line for line in lines if "benchmark" in line)
-    assert [c.strip() for c in header.strip("|").split("|")] == [
-        "benchmark", "samples", "MD×100", "LPIPS×100", "s / edit", "paper MD×100", "paper LPIPS×100", "paper s / edit"]
-    rows = {c[0]: c[1:] for c in ([x.strip() for x in line.strip("|").split("|")]
-                                  for line in lines if line.startswith("| DragBench"))}
+    header, _, *body = table = table_cells(out)
+    assert header == ["benchmark", "samples", "MD×100", "LPIPS×100", "s / edit",
+                      "paper MD×100", "paper LPIPS×100", "paper s / edit"]
+    rows = {row[0]: row[1:] for row in body}
     assert rows["DragBench-SR"][0] == rows["DragBench-DR"][0] == "2"
-    assert rows["DragBench-SR"][-3:] == ["6.40", "9.90", "1.50"] and rows["DragBench-DR"][-3:] == ["6.60", "9.20", "1.50"]
+    assert rows["DragBench-SR"][-3:] == ["6.40", "9.90", "1.50"]
+    assert rows["DragBench-DR"][-3:] == ["6.60", "9.20", "1.50"]
 
     result = json.loads(report.read_text())
     by_subset = {s["subset"]: s for s in result["summary"]}
@@ -164,7 +167,7 @@ def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
     assert evaluate(tiny_args(root, save)) == 0  # everything recorded: nothing edited or measured
     again = capsys.readouterr().out
     assert "edited 0, measured 0, reused 4" in again
-    assert [line for line in again.splitlines() if line.startswith("|")] == table
+    assert table_cells(again) == table
 
     (save / RESULTS_FILE).unlink()  # saved edits without scores: measured only, same scores
     assert evaluate(tiny_args(root, save, "--json", report)) == 0
