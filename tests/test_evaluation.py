@@ -13,12 +13,16 @@ from PIL import Image
 
 from regiondrag.benchmark_data import (DatasetError, INPAINT4DRAG_FILE, REGION_FILE, find_samples,
                                        region_mapping)
-from regiondrag.evaluation import EDIT_FILE, RESULTS_FILE, ResultStore
+from models.lpips import AlexNet
+from regiondrag.evaluation import EDIT_FILE, RESULTS_FILE, ResultStore, edit_sample, pretrained_models
+from weights.lpips import ALEXNET_URL
 from synthetic_dragbench import CELL, SIZE, write_synthetic_dragbench
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                       reason="the analysis plots need matplotlib (pip install matplotlib)")
+needs_lpips = pytest.mark.skipif(importlib.util.find_spec("lpips") is None,
+                                 reason="the LPIPS heads ship with the lpips package (pip install --no-deps lpips)")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -132,6 +136,26 @@ def test_result_store_merges_records_and_survives_a_cut_line(tmp_path):
     assert store.get("v", "sr/b") == {}
     store.add("v", "sr/b", md=0.3)
     assert ResultStore(path).get("v", "sr/b")["md"] == 0.3
+
+
+# ---------------------------------------------------------------- real-weights path
+
+@needs_lpips
+def test_pretrained_models_load_from_weight_folders(bench, tiny_sd_folder, tmp_path, monkeypatch):
+    """What --weights / --dift-weights load, on a tiny random diffusers folder: an edit, and the
+    metric networks (DIFT with its text encoder, LPIPS from the cached AlexNet file)."""
+    torch.manual_seed(0)
+    alexnet = {f"features.{k}": v for k, v in AlexNet().features.state_dict().items()}
+    torch.save(alexnet, tmp_path / ALEXNET_URL.rsplit("/", 1)[1])
+    monkeypatch.setenv("REGIONDRAG_WEIGHTS", str(tmp_path))  # fetch_alexnet finds it there, offline
+    models = pretrained_models(str(tiny_sd_folder), dift_weights=str(tiny_sd_folder), device="cpu")
+    assert models.setup == dict(weights=str(tiny_sd_folder), ip_adapter=None, dift_weights=str(tiny_sd_folder),
+                                dtype="torch.float32", max_side=None)
+    sample = find_samples(bench[0], ["sr"], limit=1)[0]
+    image, seconds = edit_sample(models.pipeline, sample, {})
+    assert image.size == (SIZE, SIZE) and seconds > 0
+    assert models.metrics.dift.context("a dog").shape == (1, 77, 32)
+    torch.testing.assert_close(models.metrics.lpips.net.features[0].weight, alexnet["features.0.weight"])
 
 
 # ---------------------------------------------------------------- the scripts
