@@ -107,8 +107,12 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
+        """2x nearest upsampling, or to `size`: the UNet's up path meets the down path's skip, whose
+        side is odd when the latent's is not a multiple of 2^levels (diffusers' `upsample_size`)."""
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest") if size is None else \
+            F.interpolate(x, size=tuple(size), mode="nearest")
+        return self.conv(x)
 
 
 class UNetBlock(nn.Module):
@@ -205,7 +209,7 @@ class UNet(nn.Module):
                 if not up:
                     skips.append(h)
             if block.sampler is not None:
-                h = block.sampler(h)
+                h = block.sampler(h, skips[-1].shape[-2:]) if up else block.sampler(h)
                 if not up:
                     skips.append(h)
             return h

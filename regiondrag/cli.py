@@ -93,9 +93,8 @@ def run_preview(args: argparse.Namespace) -> Path:
     regions, mapping, _, _ = _read_regions(args, photo.size)
     if regions is None:
         raise UsageError("preview draws region files; a DragBench pickle holds only mapped pairs")
-    size = working_size(*photo.size, args.max_side)
-    return save_image_atomic(draw_preview(photo, regions, dense_mapping(regions, photo.size, latent_size_of(size))),
-                             args.out)
+    latent = latent_size_of(working_size(*photo.size, args.max_side))  # the grid the edit maps on
+    return save_image_atomic(draw_preview(photo, regions, dense_mapping(regions, photo.size, latent), latent), args.out)
 
 
 def run_edit(args: argparse.Namespace) -> Path:

@@ -70,9 +70,12 @@ def working_size(width: int, height: int, max_side: int | None = MAX_SIDE) -> tu
             raise ImageError(f"image size {width}x{height} is not divisible by {LATENT_STRIDE}; "
                              f"crop it, or pass max_side (e.g. {MAX_SIDE}) to resize it")
         return width, height
-    scale = max_side / max(width, height)
-    w = int(width * scale) // LATENT_STRIDE * LATENT_STRIDE
-    h = int(height * scale) // LATENT_STRIDE * LATENT_STRIDE
+    # The reference's get_W_H: the long side *is* max_side (width * (max_side / width) can be
+    # max_side - 1e-14, which int() would floor a whole stride down), the short one
+    # int(max_side / aspect) or int(max_side * aspect).
+    aspect = width / height
+    w, h = (max_side, int(max_side / aspect)) if aspect >= 1 else (int(max_side * aspect), max_side)
+    w, h = w // LATENT_STRIDE * LATENT_STRIDE, h // LATENT_STRIDE * LATENT_STRIDE
     if w < LATENT_STRIDE or h < LATENT_STRIDE:
         raise ImageError(f"image {width}x{height} is too elongated: at max_side={max_side} a side "
                          f"falls below {LATENT_STRIDE} pixels")

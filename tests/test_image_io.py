@@ -1,0 +1,263 @@
+"""Image I/O: every odd PIL mode loads as 8-bit RGB, clear errors for files that are not
+images, the working-size rule of the reference UI, and atomic writes."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from regiondrag import image_io
+from regiondrag.image_io import ImageError, load_image, save_image_atomic, working_size
+
+W, H = 12, 8
+
+
+def _grey() -> np.ndarray:
+    return np.arange(W * H, dtype=np.uint8).reshape(H, W) * 2  # 0 ... 190, every pixel different
+
+
+def _rgb() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def _write(tmp_path, name: str, image: Image.Image, **save_args):
+    path = tmp_path / name
+    image.save(path, **save_args)
+    return path
+
+
+# -- modes -----------------------------------------------------------------------------------
+
+def test_rgba_transparent_pixels_become_white_and_opaque_ones_keep_their_colour(tmp_path):
+    rgb = _rgb()
+    alpha = np.full((H, W), 255, np.uint8)
+    alpha[:, : W // 2] = 0  # left half fully transparent
+    alpha[0, -1] = 128      # one half-transparent pixel
+    path = _write(tmp_path, "rgba.png", Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
+    out = load_image(path)
+    a = np.asarray(out)
+    assert out.mode == "RGB" and out.size == (W, H)
+    assert (a[:, : W // 2] == 255).all()                       # white, not black
+    assert (a[1:, W // 2:] == rgb[1:, W // 2:]).all()          # opaque: unchanged
+    expected = np.round(rgb[0, -1].astype(float) * 128 / 255 + 255 * 127 / 255)  # composited over white
+    assert np.abs(a[0, -1].astype(int) - expected).max() <= 1
+
+
+def test_la_is_grey_over_white(tmp_path):
+    grey, alpha = _grey(), np.full((H, W), 255, np.uint8)
+    alpha[0] = 0
+    path = _write(tmp_path, "la.png", Image.fromarray(np.dstack([grey, alpha]), "LA"))
+    a = np.asarray(load_image(path))
+    assert a.shape == (H, W, 3)
+    assert (a[0] == 255).all()
+    assert (a[1:] == grey[1:, :, None]).all()
+
+
+def test_l_is_replicated_to_three_channels(tmp_path):
+    path = _write(tmp_path, "l.png", Image.fromarray(_grey(), "L"))
+    out = load_image(path)
+    assert out.mode == "RGB" and (np.asarray(out) == _grey()[:, :, None]).all()
+
+
+def _palette_image() -> tuple[Image.Image, np.ndarray]:
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], np.uint8)
+    index = (np.arange(W * H) % 4).reshape(H, W).astype(np.uint8)
+    p = Image.fromarray(index, "P")
+    p.putpalette(colours.ravel().tolist() + [0] * (768 - colours.size))
+    return p, colours[index]
+
+
+def test_palette_image_gives_its_colours(tmp_path):
+    p, expected = _palette_image()
+    out = load_image(_write(tmp_path, "p.png", p))
+    assert out.mode == "RGB" and (np.asarray(out) == expected).all()
+
+
+def test_palette_transparency_becomes_white(tmp_path):
+    p, expected = _palette_image()
+    path = _write(tmp_path, "p_t.png", p, transparency=3)  # palette entry 3 is transparent
+    assert Image.open(path).mode == "P" and "transparency" in Image.open(path).info
+    a = np.asarray(load_image(path))
+    index = (np.arange(W * H) % 4).reshape(H, W)
+    assert (a[index == 3] == 255).all()
+    assert (a[index != 3] == expected[index != 3]).all()
+
+
+def test_16_bit_grey_is_rescaled_to_the_full_8_bit_range(tmp_path):
+    a16 = (np.arange(W * H, dtype=np.uint16).reshape(H, W) * 300 + 1000)  # 1000 ... 29500
+    path = _write(tmp_path, "i16.png", Image.fromarray(a16))
+    assert Image.open(path).mode in ("I;16", "I")
+    a = np.asarray(load_image(path))
+    assert a.shape == (H, W, 3) and a.dtype == np.uint8
+    assert a.min() == 0 and a.max() == 255  # the darkest and brightest pixels, not all black/white
+    assert (np.diff(a[..., 0].ravel().astype(int)) >= 0).all()  # order kept
+
+
+def test_1_bit_is_black_and_white(tmp_path):
+    bits = (_grey() % 4 == 0)
+    path = _write(tmp_path, "one.png", Image.fromarray(bits).convert("1"))
+    assert Image.open(path).mode == "1"
+    a = np.asarray(load_image(path))
+    assert set(np.unique(a)) == {0, 255}
+    assert ((a[..., 0] == 255) == bits).all()
+
+
+def test_cmyk_jpeg_is_converted(tmp_path):
+    path = _write(tmp_path, "cmyk.jpg", Image.new("CMYK", (W, H), (0, 255, 255, 0)), quality=100)
+    assert Image.open(path).mode == "CMYK"
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (W, H)
+    r, g, b = np.asarray(out).reshape(-1, 3).mean(0)
+    assert r > 200 and g < 60 and b < 60  # full magenta + yellow ink = red
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "1", "CMYK"])
+def test_in_memory_images_of_any_mode_load_as_rgb(mode):
+    image = Image.fromarray(_rgb()).convert(mode) if mode != "I;16" else Image.fromarray(_grey().astype(np.uint16))
+    out = load_image(image)
+    assert out.mode == "RGB" and out.size == (W, H)
+
+
+def test_arrays_load_as_rgb():
+    assert load_image(_rgb()).mode == "RGB"
+    assert (np.asarray(load_image(_rgb() / 255.0)) == _rgb()).all()  # float images in [0, 1]
+    with pytest.raises(ImageError, match=r"\(H, W\), \(H, W, 3\) or \(H, W, 4\)"):
+        load_image(np.zeros((H, W, 2), np.uint8))
+
+
+# -- unreadable inputs --------------------------------------------------------------------------
+
+def test_missing_file_says_not_found(tmp_path):
+    with pytest.raises(ImageError, match=r"image file not found: .*nope\.png"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_directory_is_not_an_image(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"this is not a picture", b""], ids=["text", "empty"])
+def test_unreadable_file_says_what_to_give(tmp_path, content):
+    path = tmp_path / "photo.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=r"cannot read .*photo\.png as an image .*give a PNG or JPEG") as e:
+        load_image(path)
+    assert "\n" not in str(e.value)
+
+
+def test_truncated_png_is_an_image_error(tmp_path):
+    good = _write(tmp_path, "good.png", Image.fromarray(_rgb()))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ImageError, match="cannot read"):
+        load_image(cut)
+
+
+# -- working size ---------------------------------------------------------------------------------
+
+def reference_working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """RegionDrag's ui_utils.get_W_H: the long side becomes max_side, the short one
+    int(max_side / aspect) (or int(max_side * aspect)); both floored to multiples of 8."""
+    aspect = width / height
+    h = int(max_side / aspect) if aspect >= 1 else max_side
+    w = max_side if aspect >= 1 else int(max_side * aspect)
+    return int(w / 8) * 8, int(h / 8) * 8
+
+
+@pytest.mark.parametrize("size, max_side, expected", [
+    ((451, 300), 512, (512, 336)),   # chelsea.png: 340.6 -> 340 -> 336
+    ((300, 451), 512, (336, 512)),
+    ((512, 512), 512, (512, 512)),
+    ((600, 400), 64, (64, 40)),      # 42.7 -> 42 -> 40
+    ((32, 16), 64, (64, 32)),        # small photos are scaled up, as in the reference
+])
+def test_working_size_examples(size, max_side, expected):
+    assert working_size(*size, max_side) == expected
+
+
+def test_working_size_long_side_is_max_side_and_matches_the_reference():
+    """The long side is exactly max_side (a multiple of 8) for every width: a float product
+    like 49 * (64 / 49) = 63.999... must not floor it to max_side - 8."""
+    for max_side in (64, 512):
+        for long in range(8, 1100):
+            for short in {long, 2 * long // 3, long // 3}:  # aspect 1 ... 3
+                for w, h in ((long, short), (short, long)):
+                    got = working_size(w, h, max_side)
+                    assert max(got) == max_side, (w, h, max_side, got)
+                    assert got == reference_working_size(w, h, max_side), (w, h, max_side)
+                    assert got[0] % 8 == 0 and got[1] % 8 == 0
+
+
+def test_working_size_none_keeps_multiples_of_8():
+    assert working_size(64, 40, None) == (64, 40)
+
+
+def test_working_size_none_refuses_sizes_not_divisible_by_8():
+    with pytest.raises(ImageError, match=r"61x45 is not divisible by 8.*max_side") as e:
+        working_size(61, 45, None)
+    assert "\n" not in str(e.value)
+
+
+def test_working_size_too_elongated():
+    with pytest.raises(ImageError, match="too elongated"):
+        working_size(1000, 10, 64)
+
+
+# -- atomic save ----------------------------------------------------------------------------------
+
+def test_save_writes_the_image_and_no_temporary_files(tmp_path):
+    out = save_image_atomic(Image.fromarray(_rgb()), tmp_path / "sub" / "out.png")
+    assert out == tmp_path / "sub" / "out.png"
+    assert os.listdir(tmp_path / "sub") == ["out.png"]
+    assert (np.asarray(Image.open(out)) == _rgb()).all()
+
+
+def test_save_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "out.png"
+    path.write_bytes(b"old")
+    save_image_atomic(Image.fromarray(_rgb()), path)
+    assert (np.asarray(Image.open(path)) == _rgb()).all()
+    assert os.listdir(tmp_path) == ["out.png"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch, existing):
+    """A write that dies halfway (disk full, killed) leaves the old file, or none: never half a PNG."""
+    path = tmp_path / "out.png"
+    if existing:
+        path.write_bytes(b"old result")
+    real_save = Image.Image.save
+
+    def dying_save(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        fp.seek(0)
+        fp.truncate(10)  # half written ...
+        raise OSError(28, "No space left on device")  # ... then the disk fills
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_image_atomic(Image.fromarray(_rgb()), path)
+    assert os.listdir(tmp_path) == (["out.png"] if existing else [])
+    if existing:
+        assert path.read_bytes() == b"old result"
+
+
+def test_save_unknown_extension_is_a_clear_error(tmp_path):
+    with pytest.raises(ImageError, match=r"unknown image extension '\.xyz'.*\.png or \.jpg"):
+        save_image_atomic(Image.fromarray(_rgb()), tmp_path / "out.xyz")
+    assert os.listdir(tmp_path) == []
+
+
+def test_jpeg_save_round_trips(tmp_path):
+    out = save_image_atomic(Image.fromarray(_rgb()), tmp_path / "out.jpg")
+    assert Image.open(out).format == "JPEG" and Image.open(out).size == (W, H)
+
+
+def test_to_tensor_and_back_is_exact():
+    import torch
+
+    x = image_io.to_tensor(Image.fromarray(_rgb()))
+    assert x.shape == (1, 3, H, W) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
+    assert (np.asarray(image_io.to_pil(x)) == _rgb()).all()
