@@ -65,6 +65,8 @@ def working_size(width: int, height: int, max_side: int | None = MAX_SIDE) -> tu
 
     max_side=None keeps the size, which must then already be a multiple of 8.
     """
+    if max_side is not None and max_side < LATENT_STRIDE:
+        raise ImageError(f"max_side must be at least {LATENT_STRIDE} pixels, got {max_side}")
     if max_side is None:
         if width % LATENT_STRIDE or height % LATENT_STRIDE:
             raise ImageError(f"image size {width}x{height} is not divisible by {LATENT_STRIDE}; "
@@ -94,13 +96,19 @@ def to_pil(x: Tensor) -> Image.Image:
     return Image.fromarray(a)
 
 
-def save_image_atomic(image: Image.Image, path: Union[str, os.PathLike]) -> Path:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def image_format(path: Path) -> str:
+    """PIL's format name for an output path's extension."""
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"unknown image extension {path.suffix!r} for {path}; use .png or .jpg")
+    return fmt
+
+
+def save_image_atomic(image: Image.Image, path: Union[str, os.PathLike]) -> Path:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    fmt = image_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -195,3 +195,16 @@ def test_python_m_regiondrag_help():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "edit" in proc.stdout and "preview" in proc.stdout and proc.stdout.startswith("usage: python -m regiondrag")
+
+
+def test_unknown_output_extension_fails_before_any_model_loads(capsys, tmp_path):
+    # the weights do not exist: reaching them would give a different error
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS,
+                         "--out", tmp_path / "out.xyz", "--weights", tmp_path / "no_weights", *FAST)
+    assert_one_line_error(code, out, err, "unknown image extension '.xyz'", ".png")
+
+
+def test_max_side_below_one_latent_cell_is_a_clear_error(capsys, tmp_path):
+    code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS,
+                         "--out", tmp_path / "p.png", "--max-side", "0")
+    assert_one_line_error(code, out, err, "max_side must be at least 8")
