@@ -49,6 +49,16 @@ def test_unet_matches_diffusers(tiny_sd_folder):
     check_unet(tiny_sd_folder)
 
 
+@pytest.mark.parametrize("h, w", [(9, 14), (5, 8)])
+def test_unet_matches_diffusers_at_odd_latent_sizes(tiny_sd_folder, h, w):
+    """Photos rarely give latents divisible by 2^levels: each upsampling must meet its skip's size."""
+    ours, ref = weights.load_unet(tiny_sd_folder), RefUNet.from_pretrained(tiny_sd_folder / "unet").eval()
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 4, h, w, generator=g), torch.randn(1, 77, ours.cfg.context_dim, generator=g)
+    with torch.no_grad():
+        assert_close(ours(x, 500, context), ref(x, 500, encoder_hidden_states=context).sample)
+
+
 def test_vae_matches_diffusers(tiny_sd_folder):
     check_vae(tiny_sd_folder)
 
