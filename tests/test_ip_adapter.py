@@ -15,13 +15,8 @@ from models.resampler import ResamplerConfig
 from models.unet import UNet, UNetConfig
 from regiondrag.image_prompt import ImagePrompter
 from weights.errors import WeightsError, WeightsNotFoundError
-from weights.ip_adapter import (
-    cross_attention_paths,
-    ip_adapter_files,
-    load_image_encoder,
-    load_ip_adapter,
-    read_ip_adapter,
-)
+from weights.files import read_state_dict
+from weights.ip_adapter import cross_attention_paths, ip_adapter_files, load_image_encoder, load_ip_adapter
 
 TINY_DIFFUSERS = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
@@ -192,7 +187,7 @@ def test_bin_and_safetensors_read_the_same(loaded, tmp_path):
     _, _, _, state = loaded
     torch.save(nested(state), tmp_path / "a.bin")
     save_file(state, tmp_path / "a.safetensors")
-    a, b = read_ip_adapter(tmp_path / "a.bin"), read_ip_adapter(tmp_path / "a.safetensors")
+    a, b = read_state_dict(tmp_path / "a.bin"), read_state_dict(tmp_path / "a.safetensors")
     assert a.keys() == b.keys() == state.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -233,7 +228,7 @@ def test_unreadable_adapter_file_is_a_clear_error(tmp_path):
     path = tmp_path / "broken.bin"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="broken.bin"):
-        read_ip_adapter(path)
+        read_state_dict(path)
 
 
 def test_wrong_keys_are_named(loaded, tmp_path):

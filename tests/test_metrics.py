@@ -16,6 +16,7 @@ from regiondrag.metrics import (
     DIFT, LPIPS_SIZE, image_to_tensor, lpips_distance, match_points, mean_distance, search_masks,
 )
 import weights.lpips
+from weights import WeightsError
 from weights.lpips import load_lpips, lpips_heads_path
 
 needs_lpips = pytest.mark.skipif(importlib.util.find_spec("lpips") is None,
@@ -111,13 +112,13 @@ def test_lpips_loader_errors_name_the_file(tmp_path, alexnet_file):
         load_lpips(tmp_path / "nowhere.pth", alexnet_file)
     missing = tmp_path / "missing.pth"
     torch.save({k: v for k, v in heads.items() if k != "lin4.model.1.weight"}, missing)
-    with pytest.raises(KeyError, match=r"missing\.pth.*lin4\.model\.1\.weight"):
+    with pytest.raises(WeightsError, match=r"missing\.pth.*lin4\.model\.1\.weight"):
         load_lpips(missing, alexnet_file)
     vgg = tmp_path / "vgg.pth"
     torch.save({**heads, "lin0.model.1.weight": torch.zeros(1, 128, 1, 1)}, vgg)
-    with pytest.raises(ValueError, match=r"vgg\.pth: lin0\.model\.1\.weight has shape \(1, 128, 1, 1\)"):
+    with pytest.raises(WeightsError, match=r"vgg\.pth: lin0\.model\.1\.weight has shape \(1, 128, 1, 1\)"):
         load_lpips(vgg, alexnet_file)
-    with pytest.raises(KeyError, match=r"alex\.pth is not a torchvision AlexNet"):
+    with pytest.raises(WeightsError, match=r"alex\.pth is not a torchvision AlexNet"):
         load_lpips(good, good)  # files swapped
 
 

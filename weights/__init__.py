@@ -5,12 +5,17 @@ checkpoints and hub model ids, into the modules of models/.
     vae = weights.load_vae(src)
     text_encoder = weights.load_text_encoder(src)
     folder = weights.resolve("stable-diffusion-v1-5/stable-diffusion-v1-5")  # fetch (when online)
+    resampler = weights.load_ip_adapter(adapter_file, unet)    # IP-Adapter-Plus: to_k_ip/to_v_ip into unet
+    lpips = weights.load_lpips()                               # the lpips package's heads, torchvision's AlexNet
 
-Command line: `python -m weights.fetch [MODEL_ID]`.
+Command line: `python -m weights.fetch [MODEL_ID] [--ip-adapter h94/IP-Adapter]`.
 """
 from .errors import WeightsError, WeightsNotFoundError
 from .hub import DEFAULT_MODEL, cache_dir, download, resolve
+from .ip_adapter import IP_ADAPTER_REPO, load_image_encoder, load_ip_adapter
 from .load import load_text_encoder, load_unet, load_vae
+from .lpips import load_lpips
 
 __all__ = ["WeightsError", "WeightsNotFoundError", "DEFAULT_MODEL", "cache_dir", "download", "resolve",
-           "load_text_encoder", "load_unet", "load_vae"]
+           "load_text_encoder", "load_unet", "load_vae", "IP_ADAPTER_REPO", "load_ip_adapter", "load_image_encoder",
+           "load_lpips"]

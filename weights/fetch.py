@@ -1,4 +1,8 @@
-"""Download SD weights into the weights cache: `python -m weights.fetch [MODEL_ID] [--variant fp16]`."""
+"""Download weights into the weights cache:
+
+    python -m weights.fetch [MODEL_ID] [--variant fp16]     SD weights (default: SD1.5)
+    python -m weights.fetch --ip-adapter h94/IP-Adapter    IP-Adapter-Plus and its CLIP image encoder
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,20 +10,29 @@ from typing import Optional, Sequence
 
 from .errors import WeightsError
 from .hub import COMPONENTS, DEFAULT_MODEL, cache_dir, download
+from .ip_adapter import HUB_FILES, IP_ADAPTER_REPO, fetch_ip_adapter
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m weights.fetch", description=__doc__)
-    parser.add_argument("model_id", nargs="?", default=DEFAULT_MODEL, help=f"hub model id (default {DEFAULT_MODEL})")
+    parser = argparse.ArgumentParser(prog="python -m weights.fetch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_id", nargs="?", help=f"hub model id of SD weights (default {DEFAULT_MODEL}, "
+                                                    f"unless only --ip-adapter is given)")
     parser.add_argument("--variant", help='weights variant, e.g. "fp16" (half the download)')
     parser.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS))
+    parser.add_argument("--ip-adapter", metavar="REPO",
+                        help=f"also fetch IP-Adapter-Plus from REPO, laid out like {IP_ADAPTER_REPO} (~2.5 GB)")
     args = parser.parse_args(argv)
-    print(f"fetching {args.model_id} ({', '.join(args.components)}) into {cache_dir()}")
+    model_id = args.model_id or (None if args.ip_adapter else DEFAULT_MODEL)
     try:
-        folder = download(args.model_id, args.components, args.variant)
+        if model_id:
+            print(f"fetching {model_id} ({', '.join(args.components)}) into {cache_dir()}")
+            print(download(model_id, args.components, args.variant))
+        if args.ip_adapter:
+            print(f"fetching {args.ip_adapter} ({', '.join(HUB_FILES)}) into {cache_dir()}")
+            print(fetch_ip_adapter(args.ip_adapter))
     except WeightsError as e:
         parser.exit(1, f"error: {e}\n")
-    print(folder)
     return 0
 
 

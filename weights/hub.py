@@ -22,6 +22,7 @@ from .files import WEIGHT_SUFFIXES, PathLike
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD1.5, the reference's base model
 ALIASES = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}  # the original repo, since taken down
 FETCH_COMMAND = "python -m weights.fetch"
+LOCAL_WEIGHTS = "`--weights PATH` (a diffusers folder or a .safetensors/.ckpt file)"
 
 # What each component needs from a diffusers repo; {v} is "" or "." + variant (e.g. ".fp16").
 COMPONENT_FILES = {
@@ -68,31 +69,35 @@ def _cached(model_id: str, files: Sequence[str]) -> Optional[Path]:
     return None if _missing(folder, files) else folder
 
 
-def _not_found(model_id: str, files: Sequence[str], reason: str) -> WeightsNotFoundError:
-    return WeightsNotFoundError(
-        f"{model_id}: {reason} (needed: {', '.join(files)}; weights cache: {cache_dir()}). "
-        f"Fetch it where there is internet with `{FETCH_COMMAND} {model_id}` (then copy the cache folder "
-        f"here or point $REGIONDRAG_WEIGHTS at it), or point at local files with `--weights PATH` "
-        f"(a diffusers folder or a .safetensors/.ckpt file).")
+def fetch_files(model_id: str, files: Sequence[str], *, fetch_option: str = "", local: str = LOCAL_WEIGHTS) -> Path:
+    """The snapshot folder of `model_id` holding `files`: the cached one, else fetched into the cache
+    (only what is missing) unless the hub is offline. A WeightsNotFoundError names the command that
+    fetches them (`python -m weights.fetch [fetch_option] MODEL_ID`) and `local`, the option for local files."""
+    def not_found(files: Sequence[str], reason: str) -> WeightsNotFoundError:
+        fetch = " ".join(filter(None, (FETCH_COMMAND, fetch_option, model_id)))
+        return WeightsNotFoundError(
+            f"{model_id}: {reason} (needed: {', '.join(files)}; weights cache: {cache_dir()}). "
+            f"Fetch it where there is internet with `{fetch}` (then copy the cache folder "
+            f"here or point $REGIONDRAG_WEIGHTS at it), or point at local files with {local}.")
 
-
-def download(model_id: str, components: Sequence[str] = COMPONENTS, variant: Optional[str] = None) -> Path:
-    """Fetch what `components` need of `model_id` into the cache (no-op when cached); its folder."""
-    model_id = ALIASES.get(model_id, model_id)
-    files = needed_files(components, variant)
     folder = _cached(model_id, files)
     if folder is not None:
         return folder
     if _offline():
-        raise _not_found(model_id, files, "not in the weights cache, and the hub is offline (HF_HUB_OFFLINE)")
+        raise not_found(files, "not in the weights cache, and the hub is offline (HF_HUB_OFFLINE)")
     try:
-        folder = Path(snapshot_download(model_id, allow_patterns=files, cache_dir=cache_dir()))
+        folder = Path(snapshot_download(model_id, allow_patterns=list(files), cache_dir=cache_dir()))
     except Exception as e:  # noqa: BLE001 - network, auth and not-found errors all end here
-        raise _not_found(model_id, files, f"download failed ({type(e).__name__}: {e})") from e
+        raise not_found(files, f"download failed ({type(e).__name__}: {e})") from e
     missing = _missing(folder, files)
     if missing:
-        raise _not_found(model_id, missing, f"the repo has no {', '.join(missing)} (another variant or layout?)")
+        raise not_found(missing, f"the repo has no {', '.join(missing)} (another variant or layout?)")
     return folder
+
+
+def download(model_id: str, components: Sequence[str] = COMPONENTS, variant: Optional[str] = None) -> Path:
+    """Fetch what `components` need of `model_id` into the cache (no-op when cached); its folder."""
+    return fetch_files(ALIASES.get(model_id, model_id), needed_files(components, variant))
 
 
 def resolve(src: PathLike, components: Sequence[str] = COMPONENTS, variant: Optional[str] = None) -> Path:

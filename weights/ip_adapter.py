@@ -16,11 +16,9 @@ cross-attention in that order is n = 2k + 1 (SD1.5: down 1..11, up 13..29, mid 3
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download
 from torch import Tensor
 from transformers import CLIPVisionModelWithProjection
 
@@ -29,9 +27,9 @@ from models.image_encoder import ImageEncoder, clip_image_processor
 from models.resampler import Resampler, ResamplerConfig
 from models.unet import UNet
 
-from .errors import WeightsError, WeightsNotFoundError
-from .files import PathLike, read_state_dict
-from .hub import MODEL_ID, cache_dir
+from .errors import WeightsNotFoundError
+from .files import PathLike, check_state_dict, read_state_dict
+from .hub import MODEL_ID, fetch_files
 
 IP_ADAPTER_REPO = "h94/IP-Adapter"
 # The reference loads `models/ip-adapter-plus_sd15.bin` (region_utils/cycle_sde.py); the repo holds
@@ -48,7 +46,7 @@ def ip_adapter_files(src: PathLike = IP_ADAPTER_REPO) -> tuple[Path, Path]:
     snapshot in the weights cache, fetched when missing unless the hub is offline."""
     path = Path(src).expanduser()
     if not path.exists() and MODEL_ID.fullmatch(str(src)):
-        path = _snapshot(str(src))
+        path = fetch_ip_adapter(str(src))
     adapter = path / IP_ADAPTER_FILE if path.is_dir() else path
     folder = adapter.parent / IMAGE_ENCODER_FOLDER
     missing = [str(p) for p in (adapter, folder / "config.json") if not p.exists()]
@@ -58,38 +56,11 @@ def ip_adapter_files(src: PathLike = IP_ADAPTER_REPO) -> tuple[Path, Path]:
     return adapter, folder
 
 
-def _snapshot(model_id: str) -> Path:
-    """The cached snapshot of `model_id` with HUB_FILES; downloads only what the cache lacks."""
-    reason = "not cached"
-    for local_only in (True, False):
-        try:
-            folder = Path(snapshot_download(model_id, allow_patterns=list(HUB_FILES), cache_dir=cache_dir(),
-                                            local_files_only=local_only))
-        except Exception as e:  # noqa: BLE001 - not cached, offline, network, auth: all "not here"
-            reason = f"{type(e).__name__}: {e}"
-            continue
-        if all((folder / f).is_file() for f in HUB_FILES):
-            return folder
-        reason = "the repo lacks some of them"
-    raise WeightsNotFoundError(f"{model_id}: {', '.join(HUB_FILES)} neither in the weights cache ({cache_dir()}) "
-                               f"nor downloadable ({reason})")
-
-
-def read_ip_adapter(path: PathLike) -> dict[str, Tensor]:
-    """The checkpoint's tensors under flat official keys (`image_proj.*`, `ip_adapter.*`)."""
-    path = Path(path)
-    if path.suffix == ".safetensors" or not path.is_file():
-        return read_state_dict(path)
-    # the official .bin nests {"image_proj": {...}, "ip_adapter": {...}}; read_state_dict reads flat
-    # dicts only, so it serves .safetensors and flat .bin files
-    try:
-        nested = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise WeightsError(f"cannot read {path} as a torch checkpoint ({e})") from e
-    if not isinstance(nested, dict):
-        raise WeightsError(f"{path} holds no state dict")
-    flat = {f"{group}.{k}": v for group, sub in nested.items() if isinstance(sub, dict) for k, v in sub.items()}
-    return flat or read_state_dict(path)
+def fetch_ip_adapter(repo: str = IP_ADAPTER_REPO) -> Path:
+    """The snapshot of `repo` (laid out like h94/IP-Adapter) holding HUB_FILES, from the weights
+    cache or fetched into it (see hub.fetch_files)."""
+    return fetch_files(repo, HUB_FILES, fetch_option="--ip-adapter",
+                       local="`--ip-adapter PATH` (an adapter file, or a folder laid out like h94/IP-Adapter)")
 
 
 def cross_attention_paths(unet: UNet) -> list[str]:
@@ -114,22 +85,15 @@ def ip_adapter_key_map(unet: UNet, resampler: Resampler) -> dict[str, Tensor]:
 def load_ip_adapter(path: PathLike, unet: UNet, cfg: ResamplerConfig = ResamplerConfig.sd15()) -> Resampler:
     """Give `unet` the adapter's to_k_ip / to_v_ip and return its Resampler (built from `cfg`,
     on the CPU in fp32), strictly: every key used, every tensor loaded, shapes equal."""
-    state = read_ip_adapter(path)
+    state = read_state_dict(path)  # a .bin's nested {"image_proj": ..., "ip_adapter": ...} comes flat
     resampler = Resampler(cfg)
     unet.add_image_prompt_projections()
     targets = ip_adapter_key_map(unet, resampler)
-    missing, unexpected = sorted(targets.keys() - state.keys()), sorted(state.keys() - targets.keys())
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path} does not match IP-Adapter-Plus for this UNet: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}. Likely cause: another adapter variant "
-            f"(plain IP-Adapter has image_proj.proj.weight, no image_proj.latents) or another SD version "
-            f"(SD1.5 has 16 cross-attentions: ip_adapter.1 ... ip_adapter.31).")
-    wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(t.shape)}"
-             for k, t in targets.items() if state[k].shape != t.shape]
-    if wrong:
-        raise WeightsError(f"{path}: {len(wrong)} tensors of the wrong shape (another SD version or resampler "
-                           f"config?): " + "; ".join(wrong[:5]))
+    check_state_dict(path, "an IP-Adapter-Plus checkpoint for this UNet and resampler config",
+                     {k: t.shape for k, t in targets.items()}, state,
+                     "Likely cause: another adapter variant (plain IP-Adapter has image_proj.proj.weight, no "
+                     "image_proj.latents), another SD version (SD1.5 has 16 cross-attentions: ip_adapter.1 ... "
+                     "ip_adapter.31) or another resampler config.")
     for k, t in targets.items():
         t.copy_(state[k])
     return resampler

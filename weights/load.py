@@ -25,8 +25,8 @@ from models.unet import UNet, UNetConfig
 from models.vae import AutoencoderKL, VAEConfig
 
 from . import diffusers_layout, original_layout
-from .errors import WeightsError, WeightsNotFoundError
-from .files import Checkpoint, PathLike
+from .errors import WeightsNotFoundError
+from .files import Checkpoint, PathLike, check_state_dict, raise_on_mismatch
 from .hub import DEFAULT_MODEL, resolve
 
 Device = Union[str, torch.device]
@@ -35,17 +35,11 @@ READERS = {  # component -> (diffusers-folder reader, single-file reader)
     "vae": (diffusers_layout.read_vae, original_layout.read_vae),
     "text_encoder": (diffusers_layout.read_text_encoder, original_layout.read_text_encoder),
 }
-SHOWN = 8  # keys listed per kind of mismatch
 
 
 def _read(path: Path, component: str, variant: Optional[str], config) -> Checkpoint:
     from_folder, from_file = READERS[component]
     return from_folder(path, variant) if path.is_dir() else from_file(path, config)
-
-
-def _few(keys) -> str:
-    keys = sorted(map(str, keys))
-    return ", ".join(keys[:SHOWN]) + (f", ... ({len(keys) - SHOWN} more)" if len(keys) > SHOWN else "")
 
 
 def _settings(cfg) -> dict:
@@ -73,25 +67,12 @@ def _likely_cause(given, found, matched: int) -> str:
     return "Likely cause: an incomplete file, or weights of a modified architecture."
 
 
-def _raise_on_mismatch(path: Path, target: str, missing, unexpected, wrong, cause: str) -> None:
-    if not (missing or unexpected or wrong):
-        return
-    lines = [f"{path} does not fit {target}:"]
-    lines += [f"  {len(missing)} missing keys: {_few(missing)}"] if missing else []
-    lines += [f"  {len(unexpected)} unexpected keys: {_few(unexpected)}"] if unexpected else []
-    lines += [f"  {len(wrong)} tensors of the wrong shape: {_few(wrong)}"] if wrong else []
-    raise WeightsError("\n".join(lines + [cause]))
-
-
 def _build(cls: type[nn.Module], cfg, ckpt: Checkpoint, dtype: torch.dtype, device: Device) -> nn.Module:
     with torch.device("meta"):
         model = cls(cfg)
-    expected, state = model.state_dict(), ckpt.state_dict
-    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
-    wrong = [f"{k} (file {tuple(state[k].shape)}, model {tuple(t.shape)})"
-             for k, t in expected.items() if k in state and state[k].shape != t.shape]
-    _raise_on_mismatch(ckpt.path, f"{cls.__name__}({cfg})", missing, unexpected, wrong,
-                       _likely_cause(cfg, ckpt.config, len(expected.keys() & state.keys())))
+    expected, state = {k: t.shape for k, t in model.state_dict().items()}, ckpt.state_dict
+    check_state_dict(ckpt.path, f"a checkpoint of {cls.__name__}({cfg})", expected, state,
+                     _likely_cause(cfg, ckpt.config, len(expected.keys() & state.keys())))
     state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     return model.eval()
@@ -134,7 +115,7 @@ def load_text_encoder(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.
     model, info = CLIPTextModel.from_pretrained(None, config=cfg, state_dict=ckpt.state_dict,
                                                 ignore_mismatched_sizes=True, output_loading_info=True)
     matched = len(model.state_dict()) - len(info["missing_keys"])
-    _raise_on_mismatch(ckpt.path, "CLIPTextModel", info["missing_keys"], info["unexpected_keys"],
-                       info["mismatched_keys"], _likely_cause(cfg, ckpt.config, matched))
+    raise_on_mismatch(ckpt.path, "a checkpoint of CLIPTextModel", info["missing_keys"], info["unexpected_keys"],
+                      info["mismatched_keys"], _likely_cause(cfg, ckpt.config, matched))
     tok = _tokenizer(tokenizer if tokenizer is not None else path if path.is_dir() else DEFAULT_MODEL)
     return TextEncoder(model.to(device=device, dtype=dtype).eval(), tok, skip_last_layers)

@@ -12,26 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import urllib.request
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from models.lpips import CHANNELS, LPIPS, AlexNet
 
-PathLike = Union[str, os.PathLike]
+from .files import PathLike, check_state_dict, read_state_dict
+from .hub import cache_dir
 
 # torchvision's AlexNet_Weights.IMAGENET1K_V1; the name's suffix is the sha256's first 8 hex digits
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 LPIPS_VERSION = "0.1"  # the lpips package default, used by DragDiffusion's and RegionDrag's evaluations
 CONV_INDICES = (0, 3, 6, 8, 10)  # the five convs in torchvision's `features` Sequential
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("REGIONDRAG_WEIGHTS", Path(__file__).parent / "cache"))
 
 
 def lpips_heads_path() -> Path:
@@ -62,41 +57,28 @@ def fetch_alexnet(dest: Optional[PathLike] = None) -> Path:
     return dest
 
 
-def _read(path: PathLike) -> dict[str, Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{path} is not a state dict of tensors")
-    return dict(sd)
-
-
-def _assign(module: nn.Module, sd: dict[str, Tensor], key_map: dict[str, str], path: PathLike, what: str) -> None:
+def _assign(module: nn.Module, sd: dict[str, Tensor], key_map: dict[str, str], path: PathLike, what: str,
+            cause: str) -> None:
     """Load `sd[file_key]` into `module`'s `key_map[file_key]`, strictly: every key and shape must match."""
-    missing = sorted(set(key_map) - set(sd))
-    unexpected = sorted(set(sd) - set(key_map))
-    if missing or unexpected:
-        raise KeyError(f"{path} is not {what}: missing keys {missing}, unexpected keys {unexpected}")
     own = module.state_dict()
-    for file_key, key in key_map.items():
-        if sd[file_key].shape != own[key].shape:
-            raise ValueError(f"{path}: {file_key} has shape {tuple(sd[file_key].shape)}, expected "
-                             f"{tuple(own[key].shape)} for {what}")
+    check_state_dict(path, what, {file_key: own[key].shape for file_key, key in key_map.items()}, sd, cause)
     module.load_state_dict({key: sd[file_key] for file_key, key in key_map.items()}, strict=True)
 
 
 def load_alexnet(net: AlexNet, path: PathLike) -> None:
     """torchvision's AlexNet checkpoint; its classifier (unused by LPIPS) is skipped."""
-    sd = {k: v for k, v in _read(path).items() if not k.startswith("classifier.")}
+    sd = {k: v for k, v in read_state_dict(path).items() if not k.startswith("classifier.")}
     key_map = {f"features.{i}.{p}": f"features.{i}.{p}" for i in CONV_INDICES for p in ("weight", "bias")}
-    _assign(net, sd, key_map, path, "a torchvision AlexNet checkpoint (features.{0,3,6,8,10})")
+    _assign(net, sd, key_map, path, "a torchvision AlexNet checkpoint (features.{0,3,6,8,10})",
+            "Likely cause: another file than torchvision's ImageNet AlexNet (the LPIPS heads file in its place?).")
 
 
 def load_lpips_heads(lins: nn.ModuleList, path: PathLike) -> None:
     """The lpips package's `lin{k}.model.1.weight` (index 1: after its training-only dropout)."""
     key_map = {f"lin{k}.model.1.weight": f"{k}.weight" for k in range(len(CHANNELS))}
-    _assign(lins, _read(path), key_map, path, f"an lpips v{LPIPS_VERSION} AlexNet head file (lin0..lin4)")
+    _assign(lins, read_state_dict(path), key_map, path, f"an lpips v{LPIPS_VERSION} AlexNet head file (lin0..lin4)",
+            f"Likely cause: the heads of another network (vgg.pth, squeeze.pth) or another lpips version than "
+            f"v{LPIPS_VERSION}, or the AlexNet file in its place.")
 
 
 def load_lpips(heads_path: Optional[PathLike] = None, alexnet_path: Optional[PathLike] = None) -> LPIPS:
