@@ -9,7 +9,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .dragbench import latent_mapping, read_meta_data
+from .benchmark_data import DatasetError, region_mapping
+from .dragbench import read_meta_data
 from .image_io import MAX_SIDE, ImageError, image_format, load_image, save_image_atomic, working_size
 from .mapping import dense_mapping, latent_size_of
 from .preview import draw_preview
@@ -78,14 +79,7 @@ def _read_regions(args: argparse.Namespace, photo_size):
     """(regions, mapping, prompt, mask) from our JSON or a DragBench pickle."""
     if args.regions.suffix == ".pkl":
         meta = read_meta_data(args.regions)
-        if meta.mask.shape != photo_size[::-1]:
-            raise RegionError(f"{args.regions}: its mask is {meta.mask.shape[1]}x{meta.mask.shape[0]}, "
-                              f"the photo {photo_size[0]}x{photo_size[1]}; pass the sample's original_image.png")
-        size = working_size(*photo_size, args.max_side)
-        if size != photo_size:  # the pickle's pairs are in photo pixels: bring them to the working size
-            scale = np.array(size) / np.array(photo_size)
-            meta = type(meta)(meta.prompt, meta.mask, meta.handle * scale, meta.target * scale)
-        return None, latent_mapping(meta, latent_size_of(size)), meta.prompt, meta.mask
+        return None, region_mapping(meta, photo_size, working_size(*photo_size, args.max_side)), meta.prompt, meta.mask
     return regions_from_json(args.regions, photo_size), None, None, None
 
 
@@ -127,7 +121,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = run_edit(args) if args.command == "edit" else run_preview(args)
-    except (RegionError, ImageError, UsageError, weights.WeightsError, FloatingPointError) as e:
+    except (RegionError, DatasetError, ImageError, UsageError, weights.WeightsError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -28,6 +28,7 @@ from typing import Union
 import numpy as np
 
 from .mapping import LATENT_SCALE, LatentSize, Mapping, drop_out_of_bounds
+from .regions import RegionError
 
 # The globals a pickle of dicts, lists, strings, numbers and numpy arrays refers to, by the
 # numpy >= 2 names (numpy 1 wrote `numpy.core`, read as `numpy._core`): arrays are rebuilt
@@ -76,21 +77,21 @@ def read_meta_data(path: Union[str, os.PathLike]) -> DragBenchMeta:
     try:
         meta = restricted_load(path.read_bytes())
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ValueError(f"cannot read DragBench metadata {path}: {e}") from None
+        raise RegionError(f"cannot read DragBench metadata {path}: {e}") from None
     if not isinstance(meta, dict) or not {"prompt", "points", "mask"} <= set(meta):
         found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path}: expected a dict with keys 'prompt', 'points', 'mask'; found {found}")
+        raise RegionError(f"{path}: expected a dict with keys 'prompt', 'points', 'mask'; found {found}")
     try:
         points = np.asarray(meta["points"], np.float64)  # (2N, 2)
         paired = points.ndim == 2 and points.shape[1] == 2 and len(points) % 2 == 0 and len(points) > 0
     except (TypeError, ValueError):
         paired = False
     if not paired:
-        raise ValueError(f"{path}: 'points' must be a non-empty list of (x, y) points, handle and "
+        raise RegionError(f"{path}: 'points' must be a non-empty list of (x, y) points, handle and "
                          f"target alternating; got {meta['points']!r:.80}")
     mask = np.asarray(meta["mask"])
     if mask.ndim != 2:
-        raise ValueError(f"{path}: 'mask' must be an (H, W) array, got shape {mask.shape}")
+        raise RegionError(f"{path}: 'mask' must be an (H, W) array, got shape {mask.shape}")
     return DragBenchMeta(str(meta["prompt"]), mask != 0, points[0::2], points[1::2])
 
 

@@ -208,3 +208,31 @@ def test_max_side_below_one_latent_cell_is_a_clear_error(capsys, tmp_path):
     code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS,
                          "--out", tmp_path / "p.png", "--max-side", "0")
     assert_one_line_error(code, out, err, "max_side must be at least 8")
+
+
+def test_edit_reads_a_dragbench_region_pickle(capsys, tmp_path, tiny_sd_folder):
+    import pickle
+
+    w, h = Image.open(CHELSEA).size
+    points = [np.array([x, 100]) for x in (200, 240, 208, 248)]  # handle, target, handle, target (pixels)
+    meta = {"prompt": "a cat", "points": points, "mask": np.ones((h, w), np.uint8)}
+    pkl = tmp_path / "meta_data_region.pkl"
+    pkl.write_bytes(pickle.dumps(meta))
+    out = tmp_path / "out.png"
+    code, _, err = run(capsys, "edit", "--image", CHELSEA, "--regions", pkl, "--out", out,
+                       "--weights", tiny_sd_folder, *FAST)
+    assert code == 0, err
+    assert Image.open(out).size == (w, h)
+
+
+def test_a_pickle_that_runs_code_is_refused_in_one_line(capsys, tmp_path):
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    pkl = tmp_path / "meta_data_region.pkl"
+    pkl.write_bytes(pickle.dumps({"prompt": "", "points": Exploit(), "mask": None}))
+    code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", pkl, "--out", tmp_path / "p.png")
+    assert_one_line_error(code, out, err, "refusing to load", "system")
