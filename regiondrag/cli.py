@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ip-adapter", default=None,
                    help="IP-Adapter-Plus source (e.g. h94/IP-Adapter or a local folder); the reference uses it")
     e.add_argument("--ip-scale", type=float, default=P.IP_SCALE)
+    e.add_argument("--ip-plain-tokens", action="store_true",
+                   help="IP-Adapter's own 16 image tokens instead of the reference's 32 (zero image + photo)")
     e.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     e.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp16 on GPU, fp32 on CPU")
     e.add_argument("--steps", type=int, default=P.STEPS)
@@ -102,7 +104,8 @@ def run_edit(args: argparse.Namespace) -> Path:
     regions, mapping, prompt, mask = _read_regions(args, photo.size)
     if args.mask is not None:
         mask = np.asarray(load_image(args.mask).convert("L")) > 0
-    pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=args.ip_adapter, device=args.device,
+    pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=args.ip_adapter,
+                                              ip_reference_layout=not args.ip_plain_tokens, device=args.device,
                                               dtype=DTYPES.get(args.dtype))
     result = pipe.edit(photo, regions, args.prompt if args.prompt is not None else (prompt or ""), mask,
                        mapping=mapping, steps=args.steps, start_t=args.start_t, end_t=args.end_t,

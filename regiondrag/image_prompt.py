@@ -42,7 +42,7 @@ class ImagePrompter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, unet: UNet, src: Union[str, Path] = IP_ADAPTER_REPO, *,
-                        cfg: ResamplerConfig = ResamplerConfig.sd15(), reference_layout: bool = REFERENCE_LAYOUT,
+                        cfg: Optional[ResamplerConfig] = None, reference_layout: bool = REFERENCE_LAYOUT,
                         dtype: Optional[torch.dtype] = None, device=None) -> "ImagePrompter":
         """Load IP-Adapter-Plus into `unet` (its to_k_ip / to_v_ip) and a new Resampler, and the CLIP
         image encoder. src: an adapter file, an h94/IP-Adapter-like folder, or a hub id (fetched when

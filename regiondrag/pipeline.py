@@ -87,8 +87,11 @@ class RegionDragPipeline:
 
     @classmethod
     def from_pretrained(cls, src: Optional[str] = None, *, ip_adapter: Optional[str] = None,
+                        ip_reference_layout: bool = True,
                         device: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> "RegionDragPipeline":
-        """Load SD weights (a diffusers folder, a single-file checkpoint or a hub id)."""
+        """Load SD weights (a diffusers folder, a single-file checkpoint or a hub id), and
+        IP-Adapter-Plus from `ip_adapter` if given (32 image tokens as the reference passes them,
+        or its own 16 with ip_reference_layout=False)."""
         import weights
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -101,7 +104,8 @@ class RegionDragPipeline:
         if ip_adapter:
             from .image_prompt import ImagePrompter
 
-            prompter = ImagePrompter.from_pretrained(unet, ip_adapter, dtype=dtype, device=device)
+            prompter = ImagePrompter.from_pretrained(unet, ip_adapter, reference_layout=ip_reference_layout,
+                                                     dtype=dtype, device=device)
         return cls(unet, vae, text_encoder, prompter)
 
     def cached_inversion(self) -> Optional[Inversion]:

@@ -200,7 +200,8 @@ def test_from_pretrained_reads_the_h94_layout(tiny, loaded, tmp_path):
     tiny_clip(tmp_path / "models" / "image_encoder")
     unet = UNet(UNetConfig.tiny()).eval()
     unet.load_state_dict(plain_unet.state_dict())
-    prompter = ImagePrompter.from_pretrained(unet, tmp_path, cfg=ResamplerConfig.tiny())
+    prompter = ImagePrompter.from_pretrained(unet, tmp_path)  # the resampler's config read from the file
+    assert prompter.resampler.cfg == ResamplerConfig.tiny()
     assert torch.equal(prompter.tokens(photo()), ImagePrompter(load_clip(), resampler).tokens(photo()))
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), unet_ip.state_dict().values()))
 

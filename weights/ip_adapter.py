@@ -17,6 +17,7 @@ cross-attention in that order is n = 2k + 1 (SD1.5: down 1..11, up 13..29, mid 3
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -81,12 +82,29 @@ def ip_adapter_key_map(unet: UNet, resampler: Resampler) -> dict[str, Tensor]:
     return targets
 
 
+def resampler_config(state: dict[str, Tensor], path: PathLike) -> ResamplerConfig:
+    """The Resampler's config from the checkpoint's tensor shapes (dim_head is always 64 in
+    IP-Adapter's Resampler, so heads = to_q rows / 64)."""
+    try:
+        _, queries, dim = state["image_proj.latents"].shape
+        ff_rows = state["image_proj.layers.0.1.1.weight"].shape[0]
+        return ResamplerConfig(
+            num_queries=queries, dim=dim,
+            depth=len({k.split(".")[2] for k in state if k.startswith("image_proj.layers.")}),
+            heads=state["image_proj.layers.0.0.to_q.weight"].shape[0] // ResamplerConfig.dim_head,
+            embedding_dim=state["image_proj.proj_in.weight"].shape[1],
+            output_dim=state["image_proj.proj_out.weight"].shape[0], ff_mult=ff_rows // dim)
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"{path} is not an IP-Adapter-Plus checkpoint: no Resampler tensor {e} "
+                           f"(plain IP-Adapter has image_proj.proj.weight instead)") from None
+
+
 @torch.no_grad()
-def load_ip_adapter(path: PathLike, unet: UNet, cfg: ResamplerConfig = ResamplerConfig.sd15()) -> Resampler:
-    """Give `unet` the adapter's to_k_ip / to_v_ip and return its Resampler (built from `cfg`,
-    on the CPU in fp32), strictly: every key used, every tensor loaded, shapes equal."""
+def load_ip_adapter(path: PathLike, unet: UNet, cfg: Optional[ResamplerConfig] = None) -> Resampler:
+    """Give `unet` the adapter's to_k_ip / to_v_ip and return its Resampler (from `cfg`, or the
+    checkpoint's shapes; on the CPU in fp32), strictly: every key used, every tensor loaded."""
     state = read_state_dict(path)  # a .bin's nested {"image_proj": ..., "ip_adapter": ...} comes flat
-    resampler = Resampler(cfg)
+    resampler = Resampler(cfg or resampler_config(state, path))
     unet.add_image_prompt_projections()
     targets = ip_adapter_key_map(unet, resampler)
     check_state_dict(path, "an IP-Adapter-Plus checkpoint for this UNet and resampler config",
