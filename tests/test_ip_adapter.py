@@ -1,5 +1,7 @@
 """IP-Adapter-Plus: parity with diffusers on one random checkpoint in the official layout,
 the reference's 32-token layout, scale 0, loader errors, and the CLIP image encoder wrapper."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -316,3 +318,27 @@ def test_sd15_reference_layout_matches_diffusers(tmp_path):
         ours = unet(x, 549, context, image_prompt=image_prompt)
     assert real.shape == (1, 257, 1280) and image_prompt.tokens.shape == (1, 32, 768)
     torch.testing.assert_close(ours, ref, atol=TOL, rtol=0)
+
+
+def test_pipeline_conditions_every_unet_call_on_the_photo_and_skips_it_at_scale_0(loaded):
+    """ip_scale > 0: each of the 20 UNet calls gets the photo's tokens at that scale;
+    ip_scale = 0: the image encoder is never run and no call gets image tokens."""
+    from models import AutoencoderKL, VAEConfig
+    from regiondrag.pipeline import RegionDragPipeline
+
+    unet_ip, resampler, _, _ = loaded
+    prompter = ImagePrompter(load_clip(), resampler)
+    encodes, seen = [], []
+    prompter.encoder.register_forward_hook(lambda *a: encodes.append(1))
+    unet = copy.deepcopy(unet_ip)
+    forward = unet.forward
+    unet.forward = lambda *a, **kw: (seen.append(kw.get("image_prompt")), forward(*a, **kw))[1]
+    context = torch.randn(1, 77, 32)
+    pipe = RegionDragPipeline(unet, AutoencoderKL(VAEConfig.tiny()).eval(), lambda p: context, prompter)
+    mapping = (np.array([[1, 1]]), np.array([[3, 2]]))
+    pipe.edit(photo(64, 64), mapping=mapping, ip_scale=0.3, progress=False, max_side=64)
+    expected = prompter.tokens(photo(64, 64))
+    assert len(seen) == 20 and all(p is not None and p.scale == 0.3 and torch.equal(p.tokens, expected) for p in seen)
+    seen.clear(), encodes.clear()
+    pipe.edit(photo(64, 64), mapping=mapping, ip_scale=0.0, progress=False, max_side=64)
+    assert len(seen) == 20 and all(p is None for p in seen) and not encodes
