@@ -29,7 +29,7 @@ from sampling import Grid, Trajectory, consistent_grid, denoise, invert, referen
 from .attention_swap import AttentionSwap, KVStore
 from .copy_paste import PASTE_SCHEDULES, add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
-from .image_prompt import IP_SCALE
+from .image_prompt import IP_SCALE, ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
 from .regions import Region, RegionError
 
@@ -45,8 +45,6 @@ METHODS = {  # ours -> the reference UI's names
     "cp_then_encode": "CP then Encode",  # DDIM inversion of a pixel copy-pasted preview
 }
 GRIDS = {"reference": reference_grid, "consistent": consistent_grid}
-
-ImagePrompter = Callable[[Image.Image, float], ImagePrompt]  # (photo, scale) -> image tokens
 
 
 @dataclass
@@ -77,7 +75,8 @@ def _sync(device: torch.device) -> None:
 
 class RegionDragPipeline:
     def __init__(self, unet: UNet, vae: AutoencoderKL, text_encoder: Callable[[str], Tensor],
-                 image_prompter: Optional[ImagePrompter] = None):
+                 image_prompter: Optional[Callable[[Image.Image, float], ImagePrompt]] = None):
+        """image_prompter: (photo, scale) -> IP-Adapter image tokens, e.g. an ImagePrompter."""
         self.unet, self.vae, self.text_encoder, self.image_prompter = unet, vae, text_encoder, image_prompter
         p = next(unet.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -102,8 +101,6 @@ class RegionDragPipeline:
         text_encoder = weights.load_text_encoder(src, dtype=dtype, device=device)
         prompter = None
         if ip_adapter:
-            from .image_prompt import ImagePrompter
-
             prompter = ImagePrompter.from_pretrained(unet, ip_adapter, reference_layout=ip_reference_layout,
                                                      dtype=dtype, device=device)
         return cls(unet, vae, text_encoder, prompter)
