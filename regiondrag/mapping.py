@@ -108,10 +108,8 @@ def _map_region(region: Region, scale: np.ndarray, latent_size: LatentSize) -> M
 
 def map_masks(handle: np.ndarray, target: np.ndarray) -> Mapping:
     """Two (h, w) bool latent masks -> mapping that stretches handle onto target, x then y."""
-    for name, m in (("handle", handle), ("target", target)):
-        if not m.any():
-            raise RegionError(f"{name} mask covers no latent cell (it is thinner than "
-                              f"{LATENT_SCALE} px, or its pixels miss the cell centres); enlarge it")
+    _check_covers(handle, "handle mask")
+    _check_covers(target, "target mask")
     ty, tx = np.nonzero(target)  # target cells, row-major like the reference's torch.where
     hx0, hx1 = _extent(handle.any(0))
     tx0, tx1 = _extent(target.any(0))
@@ -123,7 +121,7 @@ def map_masks(handle: np.ndarray, target: np.ndarray) -> Mapping:
     hy0, hy1 = _column_extents(handle)
     ty0, ty1 = _column_extents(target)
     y = (ty - ty0[tx]) * ((hy1 - hy0)[column] / np.maximum(ty1 - ty0, EXTENT_EPS)[tx]) + hy0[column]
-    return np.stack([_to_cell(x), _to_cell(y)], 1), np.stack([tx, ty], 1)
+    return np.stack([column, _to_cell(y)], 1), np.stack([tx, ty], 1)
 
 
 def map_polygons(handle: np.ndarray, target: np.ndarray, latent_size: LatentSize) -> Mapping:
@@ -151,6 +149,7 @@ def map_region_points(region: np.ndarray, handle: np.ndarray, target: np.ndarray
     As the reference, each outer contour of the region is moved by the control points
     inside it; contours without one stay put and map nothing.
     """
+    _check_covers(region, "region")
     latent_size = region.shape[::-1]
     contours = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     on_grid = ((handle >= 0) & (handle < np.array(latent_size))).all(1)
@@ -220,6 +219,12 @@ def subsample_pairs(mapping: Mapping, point_fraction: float, seed: int = 0) -> M
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+def _check_covers(mask: np.ndarray, what: str) -> None:
+    if not mask.any():
+        raise RegionError(f"{what} covers no latent cell (it is thinner than {LATENT_SCALE} px, "
+                          f"or its pixels miss the cell centres); enlarge it")
+
 
 def _to_cell(xy: np.ndarray) -> np.ndarray:
     return np.floor(xy + CELL_SNAP).astype(np.int64)

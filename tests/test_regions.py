@@ -1,0 +1,326 @@
+"""Region inputs: JSON parsing, validation messages, examples, DragBench metadata pickles."""
+import copy
+import json
+import math
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from regiondrag.dragbench import UnsafePickleError, latent_mapping, read_meta_data, restricted_load
+from regiondrag.mapping import dense_mapping
+from regiondrag.regions import (KINDS, MaskPair, PointPairs, PolygonPair, RegionError, RegionPoints,
+                                regions_from_json)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SIZE = (200, 150)  # (W, H) of most tests' image
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def tri():
+    return [[20, 20], [80, 25], [40, 90]]
+
+
+def quad():
+    return [[20, 20], [90, 20], [90, 80], [20, 80]]
+
+
+# --- valid files -------------------------------------------------------------------------
+
+def test_every_kind_parses_into_its_dataclass(tmp_path):
+    mask = np.zeros(SIZE[::-1], np.uint8)
+    mask[30:60, 40:90] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    doc = {"pairs": [
+        {"kind": "masks", "handle": "m.png", "target": {"polygon": quad()}},
+        {"kind": "polygons", "handle": tri(), "target": [[30, 30], [90, 35], [50, 100]]},
+        {"kind": "region_points", "region": "m.png", "handle": [[50, 40]], "target": [[60, 50]]},
+        {"kind": "points", "handle": [[10, 10], [20, 20]], "target": [[30, 30], [40, 40]],
+         "radius": 5, "shape": "square"},
+    ]}
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    regions = regions_from_json(tmp_path / "r.json", SIZE)
+    assert [type(r) for r in regions] == [MaskPair, PolygonPair, RegionPoints, PointPairs]
+    assert regions[0].handle.shape == (150, 200) and regions[0].handle.sum() == 30 * 50
+    assert regions[0].target[50, 50] and not regions[0].target[10, 10]
+    np.testing.assert_array_equal(regions[1].handle, tri())
+    assert regions[3].radius == 5 and regions[3].shape == "square"
+
+
+def test_png_mask_alpha_channel_is_the_mask(tmp_path):
+    rgba = np.zeros((*SIZE[::-1], 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere: only the alpha says where the region is
+    rgba[10:20, 30:50, 3] = 255
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(rgba).save(tmp_path / "sub" / "a.png")
+    doc = {"pairs": [{"kind": "masks", "handle": "sub/a.png", "target": "sub/a.png"}]}
+    region, = regions_from_json(doc, SIZE, base_dir=tmp_path)
+    assert region.handle.sum() == 10 * 20
+
+
+def test_examples_parse_map_and_cover_every_kind():
+    kinds = set()
+    for spec in sorted(EXAMPLES.glob("*.json")):
+        photo, = [p for p in EXAMPLES.glob(spec.stem + ".*") if p.suffix in (".png", ".jpg")]
+        size = Image.open(photo).size
+        regions = regions_from_json(spec, size)
+        kinds |= {r.kind for r in regions}
+        handle, target = dense_mapping(regions, size)
+        assert len(target) > 0
+    assert kinds == set(KINDS)
+    assert "Attribution" in (EXAMPLES / "README.md").read_text()
+
+
+# --- bad input: one clear line each ------------------------------------------------------
+
+def pair_doc(**pair):
+    return {"pairs": [pair]}
+
+
+BAD = {
+    "region out of bounds": (pair_doc(kind="points", handle=[[250, 10]], target=[[10, 10]]),
+                             "outside the 200x150 image"),
+    "negative coordinate": (pair_doc(kind="polygons", handle=tri(), target=[[-1, 5], [50, 5], [20, 40]]),
+                            "outside"),
+    "collinear triangle": (pair_doc(kind="polygons", handle=tri(), target=[[10, 10], [50, 50], [90, 90]]),
+                           "collinear"),
+    "self-intersecting quad": (pair_doc(kind="polygons", handle=quad(),
+                                        target=[[20, 20], [90, 80], [90, 20], [20, 80]]),
+                               "self-intersecting"),
+    "mismatched vertex counts": (pair_doc(kind="polygons", handle=tri(), target=quad()),
+                                 "handle has 3 vertices but target has 4"),
+    "mismatched point counts": (pair_doc(kind="points", handle=[[1, 1], [2, 2]], target=[[3, 3]]),
+                                "handle has 2 points but target has 1"),
+    "bad vertex count": (pair_doc(kind="polygons", handle=quad() + [[5, 5]], target=quad() + [[5, 5]]),
+                         "3 (triangle) or 4 (quadrilateral)"),
+    "empty JSON object": ({}, "empty region file"),
+    "no pairs": ({"pairs": []}, "non-empty list"),
+    "unknown kind": (pair_doc(kind="blob", handle=tri(), target=tri()), "unknown kind 'blob'"),
+    "missing kind": (pair_doc(handle=tri(), target=tri()), "unknown kind None"),
+    "missing key": (pair_doc(kind="masks", handle={"polygon": quad()}), "missing key(s) target"),
+    "unknown key": (pair_doc(kind="polygons", handle=tri(), target=tri(), radius=3), "unknown key(s) radius"),
+    "unreadable mask file": (pair_doc(kind="masks", handle="nope.png", target="nope.png"),
+                             "cannot read handle mask file"),
+    "mask of wrong size": (pair_doc(kind="masks", handle="small.png", target="small.png"),
+                           "masks must have the image's size"),
+    "empty mask": (pair_doc(kind="masks", handle="empty.png", target={"polygon": quad()}),
+                   "handle mask is empty"),
+    "handle point outside region": (pair_doc(kind="region_points", region={"polygon": quad()},
+                                             handle=[[150, 120]], target=[[10, 10]]),
+                                    "lies outside the region"),
+    "not a number": (pair_doc(kind="points", handle=[[1, "a"]], target=[[1, 1]]), "finite number"),
+    "bad shape": (pair_doc(kind="points", handle=[[1, 1]], target=[[1, 1]], shape="circle"),
+                  "shape 'circle'"),
+    "negative radius": (pair_doc(kind="points", handle=[[1, 1]], target=[[1, 1]], radius=-2),
+                        "non-negative"),
+}
+
+
+@pytest.fixture
+def mask_dir(tmp_path):
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.zeros(SIZE[::-1], np.uint8)).save(tmp_path / "empty.png")
+    (tmp_path / "text.png").write_text("not an image")
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_gives_one_clear_line(case, mask_dir):
+    doc, expected = BAD[case]
+    with pytest.raises(RegionError) as info:
+        regions_from_json(doc, SIZE, base_dir=mask_dir)
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text, expected", [("", "empty region file"), ("  \n", "empty region file"),
+                                            ("{\"pairs\": [", "not valid JSON"), ("[1]", "single key")])
+def test_bad_file_contents(tmp_path, text, expected):
+    (tmp_path / "r.json").write_text(text)
+    with pytest.raises(RegionError, match=expected):
+        regions_from_json(tmp_path / "r.json", SIZE)
+
+
+def test_missing_file_and_non_image_mask(mask_dir):
+    with pytest.raises(RegionError, match="cannot read region file"):
+        regions_from_json(mask_dir / "missing.json", SIZE)
+    with pytest.raises(RegionError, match="cannot read target mask file .*text.png"):
+        regions_from_json(pair_doc(kind="masks", handle={"polygon": quad()}, target="text.png"), SIZE,
+                          base_dir=mask_dir)
+
+
+def test_error_names_the_pair():
+    doc = {"pairs": [{"kind": "points", "handle": [[1, 1]], "target": [[1, 1]]},
+                     {"kind": "polygons", "handle": tri(), "target": [[1, 1], [2, 2], [3, 3]]}]}
+    with pytest.raises(RegionError, match=r"^pair 1 \(polygons\): target polygon is degenerate"):
+        regions_from_json(doc, SIZE)
+
+
+# --- property-based ----------------------------------------------------------------------
+
+SIZES = st.sampled_from([(160, 128), (203, 150), (256, 256)])
+
+
+@st.composite
+def polygon(draw, size, n):
+    """A convex, well-spread polygon of n vertices inside the image, as a JSON list."""
+    w, h = size
+    r = draw(st.floats(24, 48))
+    cx, cy = draw(st.floats(r, w - r - 1)), draw(st.floats(r, h - r - 1))
+    start = draw(st.floats(0, 2 * math.pi))
+    jitter = draw(st.lists(st.floats(-0.3, 0.3), min_size=n, max_size=n))
+    radii = draw(st.lists(st.floats(0.7, 1.0), min_size=n, max_size=n))
+    angles = [start + 2 * math.pi * i / n + j for i, j in zip(range(n), jitter)]
+    return [[cx + r * f * math.cos(a), cy + r * f * math.sin(a)] for a, f in zip(angles, radii)]
+
+
+def point(size):
+    w, h = size
+    return st.tuples(st.floats(0, w - 1), st.floats(0, h - 1)).map(list)
+
+
+@st.composite
+def pair(draw, size):
+    kind = draw(st.sampled_from(sorted(KINDS)))
+    if kind == "masks":
+        return {"kind": kind, "handle": {"polygon": draw(polygon(size, 4))},
+                "target": {"polygon": draw(polygon(size, 5))}}
+    if kind == "polygons":
+        n = draw(st.sampled_from([3, 4]))
+        return {"kind": kind, "handle": draw(polygon(size, n)), "target": draw(polygon(size, n))}
+    n = draw(st.integers(1, 3))
+    if kind == "region_points":
+        region = draw(polygon(size, 4))
+        cx, cy = np.mean(region, 0)
+        handle = [[cx + draw(st.floats(-3, 3)), cy + draw(st.floats(-3, 3))] for _ in range(n)]
+        return {"kind": kind, "region": {"polygon": region}, "handle": handle,
+                "target": draw(st.lists(point(size), min_size=n, max_size=n))}
+    return {"kind": kind, "handle": draw(st.lists(point(size), min_size=n, max_size=n)),
+            "target": draw(st.lists(point(size), min_size=n, max_size=n)),
+            "radius": draw(st.floats(0, 30)), "shape": draw(st.sampled_from(["disk", "square"]))}
+
+
+@st.composite
+def valid_doc(draw):
+    size = draw(SIZES)
+    return size, {"pairs": draw(st.lists(pair(size), min_size=1, max_size=3))}
+
+
+@SETTINGS
+@given(valid_doc())
+def test_random_valid_files_parse_and_map_in_bounds(case):
+    size, doc = case
+    regions = regions_from_json(json.loads(json.dumps(doc)), size)
+    assert [r.kind for r in regions] == [p["kind"] for p in doc["pairs"]]
+    handle, target = dense_mapping(regions, size)
+    w, h = size[0] // 8, size[1] // 8
+    for xy in (handle, target):
+        assert xy.dtype == np.int64 and xy.shape == (len(target), 2) and len(xy) > 0
+        assert (xy >= 0).all() and (xy[:, 0] < w).all() and (xy[:, 1] < h).all()
+
+
+def _break(doc, size, how, data):
+    """Make one valid doc invalid in one documented way."""
+    doc = copy.deepcopy(doc)
+    p = doc["pairs"][data.draw(st.integers(0, len(doc["pairs"]) - 1))]
+    coords = p.get("handle") if isinstance(p.get("handle"), list) else p["handle"]["polygon"]
+    if how == "out of bounds":
+        coords[0][data.draw(st.integers(0, 1))] = data.draw(
+            st.one_of(st.floats(-1e6, -1e-3), st.floats(float(max(size)), 1e6)))
+    elif how == "unknown kind":
+        p["kind"] = data.draw(st.text(max_size=8).filter(lambda k: k not in KINDS))
+    elif how == "missing key":
+        del p[data.draw(st.sampled_from(sorted(set(p) - {"kind", "radius", "shape"})))]
+    elif how == "unknown key":
+        p[data.draw(st.sampled_from(["colour", "note", "Handle"]))] = 1
+    elif how == "not a number":
+        coords[0][0] = data.draw(st.sampled_from([None, "1", True, [1], float("nan"), float("inf")]))
+    elif how == "wrong counts":
+        if p["kind"] == "masks":
+            p["target"] = {"polygon": [[1, 1], [2, 1]]}  # a filled polygon needs 3 vertices
+        else:
+            p["target"] = p["target"] + [[1, 1]]
+    elif how == "empty":
+        doc = data.draw(st.sampled_from([{}, {"pairs": []}, {"pairs": None}, {"pairs": {}}]))
+    return doc
+
+
+@SETTINGS
+@given(valid_doc(), st.sampled_from(["out of bounds", "unknown kind", "missing key", "unknown key",
+                                     "not a number", "wrong counts", "empty"]), st.data())
+def test_random_invalid_files_give_region_error(case, how, data):
+    size, doc = case
+    with pytest.raises(RegionError) as info:
+        regions_from_json(_break(doc, size, how, data), size)
+    assert "\n" not in str(info.value)
+
+
+# --- DragBench metadata ------------------------------------------------------------------
+
+def dragbench_meta(points):
+    mask = np.zeros((64, 80), np.uint8)
+    mask[10:40, 20:60] = 1
+    return {"prompt": "a photo of a cat", "points": points, "mask": mask}
+
+
+@pytest.mark.parametrize("protocol", [2, 4, pickle.HIGHEST_PROTOCOL])
+def test_reads_dragbench_pickles(tmp_path, protocol):
+    # meta_data.pkl: labeling_tool clicks (lists); meta_data_region.pkl: dense numpy pairs
+    for points in ([[10, 12], [30, 14], [50, 20], [52, 40]],
+                   [np.array([8, 16]), np.array([24, 16]), np.array([40, 40]), (48, 40)]):
+        (tmp_path / "meta_data.pkl").write_bytes(pickle.dumps(dragbench_meta(points), protocol=protocol))
+        meta = read_meta_data(tmp_path / "meta_data.pkl")
+        assert meta.prompt == "a photo of a cat" and meta.mask.dtype == bool and meta.mask.sum() == 30 * 40
+        np.testing.assert_array_equal(meta.handle, np.asarray(points, float)[0::2])
+        np.testing.assert_array_equal(meta.target, np.asarray(points, float)[1::2])
+
+
+def test_region_meta_to_latent_pairs(tmp_path):
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(dragbench_meta([[8, 16], [24, 23], [79, 0], [200, 0]])))
+    handle, target = latent_mapping(read_meta_data(tmp_path / "m.pkl"), (10, 8))
+    np.testing.assert_array_equal(handle, [[1, 2]])  # the second pair's target is off the grid
+    np.testing.assert_array_equal(target, [[3, 2]])
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class _EvalExploit:
+    def __reduce__(self):
+        return eval, ("1 + 1",)
+
+
+@pytest.mark.parametrize("payload", ["system", "eval", "class"])
+def test_restricted_unpickler_refuses_other_globals(tmp_path, payload):
+    marker = tmp_path / "pwned"
+    evil = {"system": _Exploit(marker), "eval": _EvalExploit(), "class": Path("x")}[payload]
+    data = pickle.dumps(dragbench_meta([[1, 2], [3, 4]]) | {"prompt": evil})
+    with pytest.raises(UnsafePickleError, match="refusing to load"):
+        restricted_load(data)
+    (tmp_path / "meta_data.pkl").write_bytes(data)
+    with pytest.raises(ValueError, match="refusing to load"):
+        read_meta_data(tmp_path / "meta_data.pkl")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("meta, expected", [({"prompt": "x"}, "expected a dict with keys"),
+                                            (dragbench_meta([[1, 2], [3, 4], [5, 6]]), "alternating"),
+                                            (dragbench_meta([[1, 2, 3], [4, 5, 6]]), "alternating"),
+                                            (dragbench_meta([[1, 2], [3]]), "alternating"),
+                                            (dragbench_meta([]), "alternating"),
+                                            (dragbench_meta([[1, 2], [3, 4]]) | {"mask": np.zeros(3)}, "(H, W)")])
+def test_bad_dragbench_fields(tmp_path, meta, expected):
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(meta))
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        read_meta_data(tmp_path / "m.pkl")
