@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .regions import (ImageSize, MaskPair, PointPairs, PolygonPair, Region, RegionError,
+from .regions import (ImageSize, MaskPair, PolygonPair, Region, RegionError,
                       RegionPoints, pair_context, validate_regions)
 
 LATENT_SCALE = 8  # the SD VAE downsamples by 8 (reference: `scale=1/8`, `source // 8`)
@@ -88,7 +88,7 @@ def dense_mapping(regions: list[Region], image_size: ImageSize,
                 raise RegionError("maps no latent cell: its regions are smaller than one latent cell "
                                   f"({LATENT_SCALE} px) or leave the image; enlarge them")
         maps.append((handle_xy, target_xy))
-    return np.concatenate([m[0] for m in maps]), np.concatenate([m[1] for m in maps])
+    return _concatenate(maps)
 
 
 def _map_region(region: Region, scale: np.ndarray, latent_size: LatentSize) -> Mapping:
@@ -171,7 +171,7 @@ def map_region_points(region: np.ndarray, handle: np.ndarray, target: np.ndarray
     if not maps:
         raise RegionError("no handle point lies inside the region at latent resolution "
                           f"(1/{LATENT_SCALE}); move the handle points inward or enlarge the region")
-    return np.concatenate([m[0] for m in maps]), np.concatenate([m[1] for m in maps])
+    return _concatenate(maps)
 
 
 def idw_displace(points: np.ndarray, controls: np.ndarray, displacements: np.ndarray) -> np.ndarray:
@@ -188,7 +188,8 @@ def idw_displace(points: np.ndarray, controls: np.ndarray, displacements: np.nda
         controls, displacements = controls[keep], displacements[keep]
     p, c, d = (a.astype(np.float32) for a in (points, controls, displacements))
     distance = np.linalg.norm(p[:, None] - c[None], axis=-1)  # (P, R)
-    nearest = np.argsort(distance, axis=1, kind="stable")[:, :IDW_NEIGHBOURS]  # (P, k)
+    k = min(IDW_NEIGHBOURS, len(c))
+    nearest = np.argpartition(distance, k - 1, axis=1)[:, :k]  # (P, k), unordered: the sum needs no order
     weight = 1 / (np.take_along_axis(distance, nearest, 1) + IDW_EPS)
     weight /= weight.sum(1, keepdims=True)
     return np.rint(p + (weight[..., None] * d[nearest]).sum(1)).astype(np.int64)  # round half to even
@@ -199,8 +200,8 @@ def map_points(handle: np.ndarray, target: np.ndarray, radius: np.ndarray, shape
     """Latent points (N, 2) and (rx, ry) radius -> the disk/square around each handle, translated."""
     rx, ry = radius
     dx, dy = np.meshgrid(np.arange(-int(rx), int(rx) + 1), np.arange(-int(ry), int(ry) + 1))
-    if shape == "disk":
-        keep = (dx / max(rx, EXTENT_EPS)) ** 2 + (dy / max(ry, EXTENT_EPS)) ** 2 <= 1
+    if shape == "disk":  # (dx/rx)^2 + (dy/ry)^2 <= 1, multiplied out so that a zero radius works
+        keep = (dx * ry) ** 2 + (dy * rx) ** 2 <= (rx * ry) ** 2
         dx, dy = dx[keep], dy[keep]
     offsets = np.stack([dx.ravel(), dy.ravel()], 1)  # (M, 2) cells of the shape around its centre
     h = (_to_cell(handle)[:, None] + offsets).reshape(-1, 2)
@@ -219,6 +220,10 @@ def subsample_pairs(mapping: Mapping, point_fraction: float, seed: int = 0) -> M
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+def _concatenate(maps: list[Mapping]) -> Mapping:
+    return np.concatenate([m[0] for m in maps]), np.concatenate([m[1] for m in maps])
+
 
 def _check_covers(mask: np.ndarray, what: str) -> None:
     if not mask.any():

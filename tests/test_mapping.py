@@ -50,7 +50,7 @@ def test_triangle_reproduces_a_known_affine_map():
 
 
 def test_quadrilateral_reproduces_a_known_homography():
-    g = np.array([[1.1, 0.15, 20.0], [0.05, 0.95, 10.0], [4e-4, -3e-4, 1]])  # handle -> target, pixels
+    g = np.array([[1.1, 0.15, 20.0], [0.05, 0.95, 10.0], [2e-3, 1.5e-3, 1]])  # handle -> target, pixels
     handle_px = np.array([[40.0, 30.0], [150.0, 35.0], [160.0, 140.0], [30.0, 120.0]])
     target_px = apply_h(g, handle_px)
     s = np.diag([1 / 8, 1 / 8, 1])
@@ -147,6 +147,18 @@ def test_pairs_leaving_the_image_are_dropped():
         assert (xy >= 0).all() and (xy < LATENT).all()
 
 
+def test_point_pairs_move_a_disk_or_a_square():
+    def cells(shape, radius):
+        pair = PointPairs(np.array([[100.0, 100.0]]), np.array([[140.0, 60.0]]), radius, shape)
+        return dense_mapping([pair], SIZE)[1] - [140 // 8, 60 // 8]
+
+    disk, square = cells("disk", 16.0), cells("square", 16.0)  # radius 2 cells
+    assert sorted(map(tuple, disk.tolist())) == [(x, y) for x in range(-2, 3) for y in range(-2, 3)
+                                                   if x * x + y * y <= 4]
+    assert len(square) == 25 and np.abs(square).max() == 2
+    assert cells("disk", 0.0).tolist() == [[0, 0]]
+
+
 def test_several_pairs_concatenate_in_order():
     a, b = translated("triangle", (8, 8)), translated("points_disk", (16, 0))
     ha, ta = dense_mapping([a], SIZE)
@@ -172,9 +184,17 @@ def test_idw_weights():
     np.testing.assert_array_equal(idw_displace(np.array([[5, 0]]), controls, shifts), [[7, 4]])  # equal weights
     np.testing.assert_array_equal(idw_displace(np.array([[0, 0]]), controls, shifts), [[4, 0]])  # on a control
     np.testing.assert_array_equal(idw_displace(np.array([[3, 3]]), controls[:1], shifts[:1]), [[7, 3]])
-    far = np.array([[100, 0], [0, 100], [-100, 0], [0, -100], [90, 90]])
-    near_four = idw_displace(np.array([[0, 0]]), np.vstack([far, [[500, 500]]]), np.vstack([shifts[:1].repeat(5, 0), [[999, 999]]]))
-    np.testing.assert_array_equal(near_four, [[4, 0]])  # only the 4 nearest count
+    ring = np.array([[100, 0], [0, 100], [-100, 0], [0, -100], [80, 80]])  # the fifth is farther
+    shift = idw_displace(np.array([[0, 0]]), ring, np.array([[4, 0]] * 4 + [[999, 999]]))
+    np.testing.assert_array_equal(shift, [[4, 0]])  # only the 4 nearest count
+
+
+def test_idw_thins_more_than_100_controls_evenly_like_the_reference():
+    controls = np.stack([np.arange(101) * 10, np.zeros(101, int)], 1)
+    shifts = np.zeros_like(controls)
+    shifts[99] = [0, 40]  # linspace(0, 100, 100) truncated skips index 99
+    np.testing.assert_array_equal(idw_displace(controls[99:100], controls, shifts), [[990, 0]])
+    np.testing.assert_array_equal(idw_displace(controls[99:100], controls[:100], shifts[:100]), [[990, 40]])
 
 
 # --- masks at latent resolution ------------------------------------------------------------

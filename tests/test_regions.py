@@ -53,6 +53,16 @@ def test_every_kind_parses_into_its_dataclass(tmp_path):
     assert regions[3].radius == 5 and regions[3].shape == "square"
 
 
+def test_the_documented_example_parses(tmp_path):
+    import regiondrag.regions as regions
+    doc = regions.__doc__
+    doc = json.loads(doc[doc.index('{"pairs"'):doc.index("\n    ]}") + 7])
+    for name in ("cup_handle.png", "cat_eye.png"):
+        Image.fromarray(np.pad(np.full((412, 412), 255, np.uint8), 50)).save(tmp_path / name)
+    parsed = regions_from_json(doc, (512, 512), base_dir=tmp_path)
+    assert sorted({r.kind for r in parsed}) == sorted(KINDS)
+
+
 def test_png_mask_alpha_channel_is_the_mask(tmp_path):
     rgba = np.zeros((*SIZE[::-1], 4), np.uint8)
     rgba[..., :3] = 255  # white everywhere: only the alpha says where the region is
