@@ -91,6 +91,9 @@ class MaskPair:
     handle: np.ndarray  # (H, W) bool
     target: np.ndarray  # (H, W) bool
 
+    def __post_init__(self):
+        _store_arrays(self, bool, "handle", "target")
+
     def validate(self, image_size: ImageSize) -> None:
         _check_mask(self.handle, image_size, "handle")
         _check_mask(self.target, image_size, "target")
@@ -102,6 +105,9 @@ class PolygonPair:
     kind: ClassVar[str] = "polygons"
     handle: np.ndarray  # (K, 2) float (x, y), K in (3, 4)
     target: np.ndarray  # (K, 2)
+
+    def __post_init__(self):
+        _store_arrays(self, np.float64, "handle", "target")
 
     def validate(self, image_size: ImageSize) -> None:
         for name, vertices in (("handle", self.handle), ("target", self.target)):
@@ -121,6 +127,10 @@ class RegionPoints:
     region: np.ndarray  # (H, W) bool
     handle: np.ndarray  # (N, 2) float (x, y)
     target: np.ndarray  # (N, 2)
+
+    def __post_init__(self):
+        _store_arrays(self, bool, "region")
+        _store_arrays(self, np.float64, "handle", "target")
 
     def validate(self, image_size: ImageSize) -> None:
         _check_mask(self.region, image_size, "region")
@@ -142,6 +152,9 @@ class PointPairs:
     radius: float = DEFAULT_POINT_RADIUS  # image pixels; 0 moves a single latent cell
     shape: str = "disk"
 
+    def __post_init__(self):
+        _store_arrays(self, np.float64, "handle", "target")
+
     def validate(self, image_size: ImageSize) -> None:
         _check_points(self.handle, image_size, "handle point")
         _check_points(self.target, image_size, "target point")
@@ -150,6 +163,15 @@ class PointPairs:
             raise RegionError(f"radius {self.radius!r} must be a non-negative number of pixels")
         if self.shape not in POINT_SHAPES:
             raise RegionError(f"shape {self.shape!r} is not one of {', '.join(POINT_SHAPES)}")
+
+
+def _store_arrays(pair, dtype, *names: str) -> None:
+    """Fields given as array-likes (lists, uint8 masks) are stored as numpy arrays of dtype."""
+    for name in names:
+        try:
+            object.__setattr__(pair, name, np.asarray(getattr(pair, name), dtype))
+        except (TypeError, ValueError):
+            raise RegionError(f"{name} must be an array of numbers, got {getattr(pair, name)!r:.60}") from None
 
 
 Region = Union[MaskPair, PolygonPair, RegionPoints, PointPairs]

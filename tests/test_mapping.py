@@ -168,6 +168,17 @@ def test_several_pairs_concatenate_in_order():
     np.testing.assert_array_equal(target, np.concatenate([ta, tb]))
 
 
+def test_regions_built_in_code_accept_lists_and_uint8_masks():
+    mask = np.zeros(SIZE[::-1], np.uint8)
+    mask[40:80, 40:80] = 255
+    a = dense_mapping([RegionPoints(mask, [[60, 60]], [[100, 60]]), PointPairs([[60, 60]], [[100, 60]])], SIZE)
+    b = dense_mapping([RegionPoints(mask > 0, np.array([[60.0, 60.0]]), np.array([[100.0, 60.0]])),
+                       PointPairs(np.array([[60.0, 60.0]]), np.array([[100.0, 60.0]]))], SIZE)
+    np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(RegionError, match="handle must be an array of numbers"):
+        PointPairs([[1, 2], [3]], [[1, 2]])
+
+
 def test_working_size_latent_scales_coordinates():
     # regions drawn on a 512 x 384 photo, edited at the 256 x 192 working size
     region = PointPairs(np.array([[160.0, 160.0]]), np.array([[320.0, 160.0]]), radius=0.0)
