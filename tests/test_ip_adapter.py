@@ -245,6 +245,13 @@ def test_wrong_keys_are_named(loaded, tmp_path):
         load_ip_adapter(path, UNet(UNetConfig.tiny()), ResamplerConfig.tiny())
 
 
+def test_plain_ip_adapter_without_config_is_a_clear_error(tmp_path):
+    path = tmp_path / "ip-adapter_sd15.safetensors"
+    save_file({"image_proj.proj.weight": torch.zeros(4, 4)}, path)  # plain IP-Adapter: no Resampler
+    with pytest.raises(WeightsError, match=r"ip-adapter_sd15\.safetensors is not an IP-Adapter-Plus.*image_proj\.proj"):
+        load_ip_adapter(path, UNet(UNetConfig.tiny()))
+
+
 def test_wrong_shapes_are_named(loaded, tmp_path):
     _, _, _, state = loaded
     path = tmp_path / "other.safetensors"

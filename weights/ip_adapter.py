@@ -28,7 +28,7 @@ from models.image_encoder import ImageEncoder, clip_image_processor
 from models.resampler import Resampler, ResamplerConfig
 from models.unet import UNet
 
-from .errors import WeightsNotFoundError
+from .errors import WeightsError, WeightsNotFoundError
 from .files import PathLike, check_state_dict, read_state_dict
 from .hub import MODEL_ID, fetch_files
 
