@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .benchmark_data import DatasetError, region_mapping
+from .copy_paste import PASTE_SCHEDULES
 from .dragbench import read_meta_data
 from .image_io import MAX_SIDE, ImageError, image_format, load_image, save_image_atomic, working_size
 from .mapping import dense_mapping, latent_size_of
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=P.SEED)
     e.add_argument("--method", choices=P.METHODS, default="encode_then_cp")
     e.add_argument("--grid", choices=P.GRIDS, default="reference")
-    e.add_argument("--paste-schedule", choices=P.PASTE_SCHEDULES, default="every_step")
+    e.add_argument("--paste-schedule", choices=PASTE_SCHEDULES, default="every_step")
     e.add_argument("--no-attention-swap", action="store_true", help="ablation: plain self-attention")
     e.add_argument("--point-fraction", type=float, default=1.0, help="ablation: keep this fraction of pairs")
     e.add_argument("--preview-out", type=Path, help="also save CP-then-Encode's copy-pasted preview here")

@@ -12,10 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sampling import TRAIN_TIMESTEPS
+
 # Which denoising steps paste. The reference compares timesteps (e.g. 549) with
 # int(end_t * steps) (e.g. 4), so it pastes at every step and end_t has no effect;
 # "every_step" reproduces that. The others are ablations of the paper's analysis.
 PASTE_SCHEDULES = ("every_step", "until_end_t", "single_step")
+END_T = 0.2  # RegionDrag run_eval.py; only "until_end_t" reads it
 
 
 def paste(latent: Tensor, source: Tensor, handle_xy: Tensor, target_xy: Tensor) -> Tensor:
@@ -40,8 +43,8 @@ def add_handle_noise(latent: Tensor, handle_xy: Tensor, scale: float,
     return out
 
 
-def paste_steps(timesteps: list[int], schedule: str = "every_step", end_t: float = 0.2,
-                num_train_timesteps: int = 1000) -> list[bool]:
+def paste_steps(timesteps: list[int], schedule: str = "every_step", end_t: float = END_T,
+                num_train_timesteps: int = TRAIN_TIMESTEPS) -> list[bool]:
     """For each denoising UNet timestep, whether copy-paste happens before that call."""
     if schedule == "every_step":
         return [True] * len(timesteps)

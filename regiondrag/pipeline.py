@@ -24,19 +24,18 @@ from torch import Tensor
 from models.attention import ImagePrompt
 from models.unet import UNet
 from models.vae import AutoencoderKL
-from sampling import Grid, Trajectory, consistent_grid, denoise, invert, reference_grid, scaled_linear_alphas_cumprod
+from sampling import (START_T, STEPS, Grid, Trajectory, consistent_grid, denoise, invert, reference_grid,
+                      scaled_linear_alphas_cumprod)
 
 from .attention_swap import AttentionSwap, KVStore
-from .copy_paste import PASTE_SCHEDULES, add_handle_noise, paste, paste_steps, region_border
+from .copy_paste import END_T, add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .image_prompt import IP_SCALE, ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
 from .regions import Region, RegionError
 
-# The reference's evaluation settings (RegionDrag run_eval.py / DESIGN.md "Facts").
-STEPS = 20
-START_T = 0.5
-END_T = 0.2          # no effect with the reference's paste schedule (see copy_paste.PASTE_SCHEDULES)
+# The reference's evaluation settings (RegionDrag run_eval.py / DESIGN.md "Facts"); STEPS and START_T
+# come from sampling.grids, END_T (no effect with the reference's paste schedule) from copy_paste.
 NOISE_SCALE = 1.0    # handle noise s: pure noise at handle positions
 SEED = 42
 
