@@ -27,7 +27,8 @@ from typing import Union
 
 import numpy as np
 
-from .mapping import LATENT_SCALE, LatentSize, Mapping, drop_out_of_bounds
+from .image_io import LATENT_STRIDE
+from .mapping import LatentSize, Mapping, drop_out_of_bounds
 from .regions import RegionError
 
 # The globals a pickle of dicts, lists, strings, numbers and numpy arrays refers to, by the
@@ -98,5 +99,5 @@ def read_meta_data(path: Union[str, os.PathLike]) -> DragBenchMeta:
 def latent_mapping(meta: DragBenchMeta, latent_size: LatentSize) -> Mapping:
     """A region version's dense pairs as latent (handle_xy, target_xy): floor division by 8,
     as the reference's `source // 8`, dropping pairs off the latent grid."""
-    return drop_out_of_bounds(meta.handle.astype(np.int64) // LATENT_SCALE,
-                              meta.target.astype(np.int64) // LATENT_SCALE, latent_size)
+    return drop_out_of_bounds(meta.handle.astype(np.int64) // LATENT_STRIDE,
+                              meta.target.astype(np.int64) // LATENT_STRIDE, latent_size)

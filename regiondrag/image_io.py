@@ -15,7 +15,9 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 # The reference UI scales the long side to 512 and floors both sides to multiples of 8.
 MAX_SIDE = 512
-LATENT_STRIDE = 8  # the VAE downsamples by 8: image sizes must be multiples of it
+# The VAE downsamples by 8: image sizes must be multiples of it, and a pixel (x, y) lies in latent
+# cell (x // 8, y // 8) (reference: `scale=1/8`, `source // 8`).
+LATENT_STRIDE = 8
 
 
 class ImageError(ValueError):

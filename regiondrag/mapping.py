@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .image_io import LATENT_STRIDE
 from .regions import (ImageSize, MaskPair, PolygonPair, Region, RegionError,
                       RegionPoints, pair_context, validate_regions)
 
-LATENT_SCALE = 8  # the SD VAE downsamples by 8 (reference: `scale=1/8`, `source // 8`)
 EXTENT_EPS = 1e-4  # floor of a target extent before dividing by it (reference: `.clamp(min=1e-4)`)
 IDW_NEIGHBOURS = 4  # control points weighted per position (reference: `indices[:, :min(4, ...)]`)
 IDW_EPS = 1e-4  # weights are 1 / (distance + IDW_EPS) (reference: `interpolate_points`)
@@ -46,7 +46,7 @@ Mapping = tuple[np.ndarray, np.ndarray]  # (handle_xy, target_xy), each (N, 2) i
 
 def latent_size_of(image_size: ImageSize) -> LatentSize:
     """The SD latent grid of an image: floor(size / 8), as the VAE's strided convolutions give."""
-    return image_size[0] // LATENT_SCALE, image_size[1] // LATENT_SCALE
+    return image_size[0] // LATENT_STRIDE, image_size[1] // LATENT_STRIDE
 
 
 def region_to_latent(mask: np.ndarray, latent_size: LatentSize) -> np.ndarray:
@@ -86,7 +86,7 @@ def dense_mapping(regions: list[Region], image_size: ImageSize,
             handle_xy, target_xy = _map_region(region, scale, latent_size)
             if len(target_xy) == 0:
                 raise RegionError("maps no latent cell: its regions are smaller than one latent cell "
-                                  f"({LATENT_SCALE} px) or leave the image; enlarge them")
+                                  f"({LATENT_STRIDE} px) or leave the image; enlarge them")
         maps.append((handle_xy, target_xy))
     return _concatenate(maps)
 
@@ -170,7 +170,7 @@ def map_region_points(region: np.ndarray, handle: np.ndarray, target: np.ndarray
         maps.append(drop_out_of_bounds(sources, target_cells, latent_size))
     if not maps:
         raise RegionError("no handle point lies inside the region at latent resolution "
-                          f"(1/{LATENT_SCALE}); move the handle points inward or enlarge the region")
+                          f"(1/{LATENT_STRIDE}); move the handle points inward or enlarge the region")
     return _concatenate(maps)
 
 
@@ -227,7 +227,7 @@ def _concatenate(maps: list[Mapping]) -> Mapping:
 
 def _check_covers(mask: np.ndarray, what: str) -> None:
     if not mask.any():
-        raise RegionError(f"{what} covers no latent cell (it is thinner than {LATENT_SCALE} px, "
+        raise RegionError(f"{what} covers no latent cell (it is thinner than {LATENT_STRIDE} px, "
                           f"or its pixels miss the cell centres); enlarge it")
 
 
