@@ -29,14 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig  # noqa: E402
 from models.attention import ImagePrompt  # noqa: E402
-from regiondrag.image_io import load_image  # noqa: E402
-from weights.ip_adapter import IP_ADAPTER_REPO  # noqa: E402
+from regiondrag.cli import DTYPES  # noqa: E402
+from regiondrag.image_io import load_image, working_size  # noqa: E402
+from regiondrag.mapping import latent_size_of  # noqa: E402
 from regiondrag.pipeline import RegionDragPipeline  # noqa: E402
 from regiondrag.regions import regions_from_json  # noqa: E402
+from sampling import START_T, STEPS  # noqa: E402
+from weights.ip_adapter import IP_ADAPTER_REPO  # noqa: E402
 
 PHOTO, REGIONS = ROOT / "examples" / "astronaut.png", ROOT / "examples" / "astronaut.json"
 SIZES = {"tiny": (UNetConfig.tiny(), VAEConfig.tiny(), 128), "sd15": (UNetConfig.sd15(), VAEConfig.sd15(), 512)}
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def sync(device: torch.device) -> None:
@@ -184,7 +186,7 @@ def measure(name: str, pipe: RegionDragPipeline, args, photo, regions, max_side:
     # the models are warm and the last full edit left its inversion cached: no warm-up needed
     reedit, _ = timed(lambda: pipe.edit(photo, regions, **kwargs), device, args.runs, warmup=0)
 
-    h, w = (s // 8 for s in photo.resize((max_side, max_side)).size)  # the benchmark photo is square
+    w, h = latent_size_of(working_size(*photo.size, max_side))
     x = torch.randn(1, 4, h, w, device=device, dtype=pipe.dtype)
     ctx = pipe.text_encoder("").to(device, pipe.dtype)
     t = torch.tensor(500, device=device)
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
     regions = regions_from_json(REGIONS, photo.size)
     print(f"RegionDrag benchmark: {args.size}, {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, {dtype}, "
-          f"{max_side}px, 20 steps, start_t 0.5, IP-Adapter {'on' if args.ip_adapter else 'off'}, torch {torch.__version__}")
+          f"{max_side}px, {STEPS} steps, start_t {START_T}, IP-Adapter {'on' if args.ip_adapter else 'off'}, torch {torch.__version__}")
 
     if args.weights:
         pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=IP_ADAPTER_REPO if args.ip_adapter else None,
