@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .benchmark_data import SUBSET_TITLES, SUBSETS, DatasetError, Sample, find_samples, region_mapping
 from .image_io import load_image, save_image_atomic, working_size
 from .metrics import DIFT, lpips_distance, mean_distance
-from .pipeline import SEED, RegionDragPipeline
+from .pipeline import SEED, RegionDragPipeline, default_device_dtype
 from .report import markdown_table
 
 PathLike = Union[str, os.PathLike]
@@ -93,8 +93,7 @@ def pretrained_models(sd_weights: Optional[str] = None, ip_adapter: Optional[str
     import weights
     from weights.lpips import load_lpips
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)  # the reference: fp16
+    device, dtype = default_device_dtype(device, dtype)
 
     def pipeline() -> RegionDragPipeline:
         return RegionDragPipeline.from_pretrained(sd_weights, ip_adapter=ip_adapter, device=device, dtype=dtype)

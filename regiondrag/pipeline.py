@@ -67,6 +67,12 @@ class EditResult:
     timings: dict = field(default_factory=dict)
 
 
+def default_device_dtype(device: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> tuple[str, torch.dtype]:
+    """The given ones, else cuda when available (cpu otherwise) and fp16 on cuda (the reference's), fp32 elsewhere."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -92,8 +98,7 @@ class RegionDragPipeline:
         or its own 16 with ip_reference_layout=False)."""
         import weights
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+        device, dtype = default_device_dtype(device, dtype)
         src = src or weights.DEFAULT_MODEL
         unet = weights.load_unet(src, dtype=dtype, device=device)
         vae = weights.load_vae(src, dtype=dtype, device=device)

@@ -32,7 +32,7 @@ from models.attention import ImagePrompt  # noqa: E402
 from regiondrag.cli import DTYPES  # noqa: E402
 from regiondrag.image_io import load_image, working_size  # noqa: E402
 from regiondrag.mapping import latent_size_of  # noqa: E402
-from regiondrag.pipeline import RegionDragPipeline  # noqa: E402
+from regiondrag.pipeline import RegionDragPipeline, default_device_dtype  # noqa: E402
 from regiondrag.regions import regions_from_json  # noqa: E402
 from sampling import START_T, STEPS  # noqa: E402
 from weights.ip_adapter import IP_ADAPTER_REPO  # noqa: E402
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
         p.error("the diffusers baseline runs without the image prompt: drop --ip-adapter to compare")
 
     device = torch.device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    _, dtype = default_device_dtype(args.device, DTYPES.get(args.dtype))
     max_side = SIZES[args.size][2]
     photo = load_image(PHOTO)
     regions = regions_from_json(REGIONS, photo.size)
