@@ -160,11 +160,9 @@ class UNet(nn.Module):
 
         self.up_blocks = nn.ModuleList()
         cin = ch[-1]
-        for i, level in enumerate(reversed(range(len(ch)))):
+        for level in reversed(range(len(ch))):
             cout, last = ch[level], level == 0
-            resnets = []
-            for j in range(n + 1):
-                resnets.append(res((cin if j == 0 else cout) + skip_channels.pop(), cout))
+            resnets = [res((cin if j == 0 else cout) + skip_channels.pop(), cout) for j in range(n + 1)]
             attns = [attn(cout, level) for _ in range(n + 1)] if cfg.attention_levels[level] else []
             self.up_blocks.append(UNetBlock(resnets, attns, None if last else Upsample(cout), up=True))
             cin = cout
@@ -197,6 +195,12 @@ class UNet(nn.Module):
         kv_in = list(kv) if kv is not None else [None] * self.num_self_attention_layers
         kv_out: list[KV] = []
 
+        def attend(transformer: SpatialTransformer, h: Tensor) -> Tensor:
+            """The next self-attention layer in visiting order: its given K/V in, the ones it used recorded."""
+            h, layer_kv = transformer(h, context, kv_in[len(kv_out)], image_prompt)
+            kv_out.append(layer_kv)
+            return h
+
         def run(block: UNetBlock, h: Tensor, up: bool) -> Tensor:
             """One level: the down path pushes every output on the skip stack, the up path pops."""
             for j, resnet in enumerate(block.resnets):
@@ -204,8 +208,7 @@ class UNet(nn.Module):
                     h = torch.cat([h, skips.pop()], dim=1)
                 h = resnet(h, temb)
                 if block.attentions:
-                    h, layer_kv = block.attentions[j](h, context, kv_in[len(kv_out)], image_prompt)
-                    kv_out.append(layer_kv)
+                    h = attend(block.attentions[j], h)
                 if not up:
                     skips.append(h)
             if block.sampler is not None:
@@ -219,8 +222,7 @@ class UNet(nn.Module):
         for block in self.down_blocks:
             h = run(block, h, up=False)
         h = self.mid_block.resnets[0](h, temb)
-        h, layer_kv = self.mid_block.attentions[0](h, context, kv_in[len(kv_out)], image_prompt)
-        kv_out.append(layer_kv)
+        h = attend(self.mid_block.attentions[0], h)
         h = self.mid_block.resnets[1](h, temb)
         for i, block in enumerate(self.up_blocks):
             h = run(block, h, up=True)
