@@ -86,8 +86,8 @@ def working_size(width: int, height: int, max_side: int | None = MAX_SIDE) -> tu
     return w, h
 
 
-def to_tensor(image: Image.Image, device=None, dtype=torch.float32) -> Tensor:
-    """RGB image -> (1, 3, H, W) in [-1, 1], the VAE's input range."""
+def to_tensor(image: Union[Image.Image, np.ndarray], device=None, dtype=torch.float32) -> Tensor:
+    """RGB image (or uint8 (H, W, 3) array) -> (1, 3, H, W) in [-1, 1], the VAE's input range."""
     a = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
     return (a.permute(2, 0, 1)[None].to(device=device, dtype=torch.float32) / 127.5 - 1).to(dtype)
 

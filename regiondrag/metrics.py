@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from models.lpips import LPIPS
 from sampling.schedule import alpha_bar, scaled_linear_alphas_cumprod
 
+from .image_io import to_tensor
+
 # RegionDrag evaluator.py compute_lpips (as DragDiffusion run_eval_similarity.py): bilinear resize to 224x224
 LPIPS_SIZE = 224
 # DIFT's SD defaults (dift extract_dift.py; RegionDrag evaluator.py SDFeaturizer; DragDiffusion dift_sd.py)
@@ -44,7 +46,7 @@ def image_to_tensor(image: np.ndarray, name: str = "image") -> Tensor:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"{name} must be a uint8 (H, W, 3) RGB array, got a {desc}")
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return to_tensor(image)
 
 
 @torch.no_grad()
