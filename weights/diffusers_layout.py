@@ -108,7 +108,7 @@ def vae_config(config: dict, path: Path) -> VAEConfig:
         layers_per_block=config.get("layers_per_block", 1),
         latent_channels=config.get("latent_channels", 4),
         norm_groups=config.get("norm_num_groups", 32),
-        scaling_factor=config.get("scaling_factor", 0.18215),
+        scaling_factor=config.get("scaling_factor", VAEConfig.scaling_factor),  # diffusers' default too
     )
 
 
