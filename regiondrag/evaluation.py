@@ -34,9 +34,11 @@ import torch
 from tqdm import tqdm
 
 from .benchmark_data import SUBSET_TITLES, SUBSETS, DatasetError, Sample, find_samples, region_mapping
-from .image_io import load_image, save_image_atomic, working_size
+from .cli import DTYPES
+from .image_io import ImageError, load_image, save_image_atomic, working_size
 from .metrics import DIFT, lpips_distance, mean_distance
 from .pipeline import SEED, RegionDragPipeline, default_device_dtype
+from .regions import RegionError
 from .report import markdown_table
 
 PathLike = Union[str, os.PathLike]
@@ -345,8 +347,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_save_dir: str) 
     """Everything a script that edits and scores needs, besides its variants."""
     from weights.ip_adapter import IP_ADAPTER_REPO
 
-    from .cli import DTYPES
-
     add_data_arguments(parser)
     parser.add_argument("--weights", default=None, help="SD1.5 weights: diffusers folder, checkpoint or hub id")
     parser.add_argument("--ip-adapter", default=IP_ADAPTER_REPO,
@@ -364,8 +364,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_save_dir: str) 
 
 
 def models_from_args(args: argparse.Namespace) -> Models:
-    from .cli import DTYPES
-
     if args.random_tiny:
         return random_tiny_models(args.device or "cpu", args.max_side)
     ip_adapter = None if args.ip_adapter.lower() == "none" else args.ip_adapter
@@ -380,9 +378,6 @@ def samples_from_args(args: argparse.Namespace) -> list[Sample]:
 def script_main(body: Callable[[], None]) -> int:
     """Run a script's body; an expected failure (data, settings, weights) prints one line, exit code 2."""
     import weights
-
-    from .image_io import ImageError
-    from .regions import RegionError
 
     try:
         body()
