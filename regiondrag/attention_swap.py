@@ -28,10 +28,6 @@ class AttentionSwap:
     layers: Optional[frozenset[int]] = None  # self-attention layer indices; None: all
     steps: Optional[frozenset[int]] = None   # denoising step indices; None: all
 
-    def uses(self, step: int, layer: int) -> bool:
-        return (self.enabled and (self.steps is None or step in self.steps)
-                and (self.layers is None or layer in self.layers))
-
 
 class KVStore:
     """Keys and values of every self-attention layer at every inversion step."""
@@ -57,7 +53,7 @@ class KVStore:
         if not swap.enabled or (swap.steps is not None and denoise_step not in swap.steps):
             return None
         source = self._kv[len(self._kv) - 1 - denoise_step]
-        return [kv if swap.uses(denoise_step, layer) else None for layer, kv in enumerate(source)]
+        return [kv if swap.layers is None or layer in swap.layers else None for layer, kv in enumerate(source)]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for kvs in self._kv.values() for kv in kvs for t in kv)
