@@ -225,7 +225,7 @@ class RegionDragPipeline:
         if edited.size != photo.size:
             edited = edited.resize(photo.size, Image.BICUBIC)
         if mask is not None:
-            keep = np.asarray(mask) == 0
+            keep = mask == 0  # an array since step 1
             edited = Image.fromarray(np.where(keep[..., None], np.asarray(photo), np.asarray(edited)))
         timings["decode_s"] = time.perf_counter() - clock
         return EditResult(edited, mapping, preview, inv if return_intermediates else None,
