@@ -58,6 +58,7 @@ message names the pair and the key, says what was wrong and how to fix it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from contextlib import contextmanager
@@ -204,10 +205,11 @@ def rasterise_polygon(vertices: np.ndarray, image_size: ImageSize) -> np.ndarray
 
 # --- JSON ---------------------------------------------------------------------------------
 
-_KEYS = {"masks": ({"handle", "target"}, set()),  # kind -> (required keys, optional keys)
-         "polygons": ({"handle", "target"}, set()),
-         "region_points": ({"region", "handle", "target"}, set()),
-         "points": ({"handle", "target"}, {"radius", "shape"})}
+def _keys(cls: type) -> tuple[set[str], set[str]]:
+    """(required, optional) JSON keys of a kind: its dataclass fields, optional where they have a default."""
+    fields = dataclasses.fields(cls)
+    return ({f.name for f in fields if f.default is dataclasses.MISSING},
+            {f.name for f in fields if f.default is not dataclasses.MISSING})
 
 
 def regions_from_json(path_or_dict: Union[str, os.PathLike, Mapping], image_size: ImageSize,
@@ -254,7 +256,7 @@ def _parse_pair(index: int, pair, image_size: ImageSize, base: Path) -> Region:
     if kind not in KINDS:
         raise RegionError(f"pair {index}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     with pair_context(index, kind):
-        required, optional = _KEYS[kind]
+        required, optional = _keys(KINDS[kind])
         keys = set(pair) - {"kind"}
         if required - keys:
             raise RegionError(f"missing key(s) {', '.join(sorted(required - keys))}")
