@@ -273,7 +273,7 @@ def _parse_pair(index: int, pair, image_size: ImageSize, base: Path) -> Region:
                                 _points(pair["handle"], "handle"), _points(pair["target"], "target"))
         return PointPairs(_points(pair["handle"], "handle"), _points(pair["target"], "target"),
                           _number(pair.get("radius", DEFAULT_POINT_RADIUS), "radius"),
-                          pair.get("shape", "disk"))
+                          pair.get("shape", PointPairs.shape))
 
 
 def _number(value, what: str) -> float:
