@@ -7,17 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
-from .benchmark_data import DatasetError, region_mapping
 from .copy_paste import PASTE_SCHEDULES
-from .dragbench import read_meta_data
+from .dragbench.reader import DatasetError, read_meta_data, region_mapping
 from .image_io import MAX_SIDE, ImageError, image_format, load_image, save_image_atomic, working_size
 from .mapping import dense_mapping, latent_size_of
 from .preview import draw_preview
 from .regions import RegionError, regions_from_json
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class UsageError(ValueError):
@@ -50,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ip-plain-tokens", action="store_true",
                    help="IP-Adapter's own 16 image tokens instead of the reference's 32 (zero image + photo)")
     e.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    e.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp16 on GPU, fp32 on CPU")
+    e.add_argument("--dtype", choices=P.DTYPES, default=None, help="default: fp16 on GPU, fp32 on CPU")
     e.add_argument("--steps", type=int, default=P.STEPS)
     e.add_argument("--start-t", type=float, default=P.START_T)
     e.add_argument("--end-t", type=float, default=P.END_T)
@@ -98,7 +95,7 @@ def run_preview(args: argparse.Namespace) -> Path:
 
 def run_edit(args: argparse.Namespace) -> Path:
     from .attention_swap import AttentionSwap
-    from .pipeline import RegionDragPipeline
+    from .pipeline import DTYPES, RegionDragPipeline
 
     _check_outputs(args, args.out, args.preview_out)
     photo = load_image(args.image)

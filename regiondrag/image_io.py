@@ -11,7 +11,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+PathLike = Union[str, os.PathLike]
+ImageLike = Union[PathLike, Image.Image, np.ndarray]
 
 # The reference UI scales the long side to 512 and floors both sides to multiples of 8.
 MAX_SIDE = 512
@@ -106,7 +107,7 @@ def image_format(path: Path) -> str:
     return fmt
 
 
-def save_image_atomic(image: Image.Image, path: Union[str, os.PathLike]) -> Path:
+def save_image_atomic(image: Image.Image, path: PathLike) -> Path:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
     fmt = image_format(path)

@@ -43,6 +43,7 @@ METHODS = {  # ours -> the reference UI's names
     "encode_then_cp": "Encode then CP",  # cycle-SDE inversion of the photo, paste latents (default)
     "cp_then_encode": "CP then Encode",  # DDIM inversion of a pixel copy-pasted preview
 }
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
 GRIDS = {"reference": reference_grid, "consistent": consistent_grid}
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from regiondrag import evaluation as E  # noqa: E402
+from regiondrag.dragbench import run as E  # noqa: E402
 from regiondrag.pipeline import METHODS  # noqa: E402
-from regiondrag.report import markdown_table, plot_metrics, write_csv  # noqa: E402
+from regiondrag.dragbench.report import markdown_table, plot_metrics, write_csv  # noqa: E402
 
 SCHEDULES = {"single-step": "single_step", "multi-step": "every_step"}  # label -> edit's paste_schedule
 

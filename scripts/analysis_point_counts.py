@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from regiondrag import evaluation as E  # noqa: E402
-from regiondrag.benchmark_data import SUBSET_TITLES  # noqa: E402
-from regiondrag.report import markdown_table, plot_histograms, write_csv  # noqa: E402
+from regiondrag.dragbench import run as E  # noqa: E402
+from regiondrag.dragbench.reader import SUBSET_TITLES  # noqa: E402
+from regiondrag.dragbench.report import markdown_table, plot_histograms, write_csv  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from regiondrag import evaluation as E  # noqa: E402
+from regiondrag.dragbench import run as E  # noqa: E402
 from regiondrag.pipeline import METHODS  # noqa: E402
-from regiondrag.report import markdown_table, plot_metrics, write_csv  # noqa: E402
+from regiondrag.dragbench.report import markdown_table, plot_metrics, write_csv  # noqa: E402
 
 FRACTIONS = (1.0, 0.5, 0.25, 0.1, 0.05)  # our default grid, from all pairs down to one in twenty
 

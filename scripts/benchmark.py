@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig  # noqa: E402
 from models.attention import ImagePrompt  # noqa: E402
-from regiondrag.cli import DTYPES  # noqa: E402
+from regiondrag.pipeline import DTYPES  # noqa: E402
 from regiondrag.image_io import load_image, working_size  # noqa: E402
 from regiondrag.mapping import latent_size_of  # noqa: E402
 from regiondrag.pipeline import RegionDragPipeline, default_device_dtype  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from regiondrag import evaluation as E  # noqa: E402
+from regiondrag.dragbench import run as E  # noqa: E402
 from regiondrag.pipeline import METHODS  # noqa: E402
 
 

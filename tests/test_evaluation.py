@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from regiondrag.benchmark_data import (DatasetError, INPAINT4DRAG_FILE, REGION_FILE, find_samples,
+from regiondrag.dragbench.reader import (DatasetError, INPAINT4DRAG_FILE, REGION_FILE, find_samples,
                                        region_mapping)
 from models.lpips import AlexNet
-from regiondrag.evaluation import EDIT_FILE, RESULTS_FILE, ResultStore, edit_sample, pretrained_models
+from regiondrag.dragbench.run import EDIT_FILE, RESULTS_FILE, ResultStore, edit_sample, pretrained_models
 from weights.lpips import ALEXNET_URL
 from synthetic_dragbench import CELL, SIZE, write_synthetic_dragbench
 

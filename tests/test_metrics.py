@@ -12,7 +12,7 @@ from torch import nn
 
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
 from models.lpips import AlexNet
-from regiondrag.metrics import (
+from regiondrag.dragbench.metrics import (
     DIFT, LPIPS_SIZE, image_to_tensor, lpips_distance, match_points, mean_distance, search_masks,
 )
 import weights.lpips

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from regiondrag.dragbench import UnsafePickleError, latent_mapping, read_meta_data, restricted_load
+from regiondrag.dragbench.reader import latent_mapping, read_meta_data
+from regiondrag.dragbench.unpickle import UnsafePickleError, restricted_load
 from regiondrag.mapping import dense_mapping
 from regiondrag.regions import (KINDS, MaskPair, PointPairs, PolygonPair, RegionError, RegionPoints,
                                 regions_from_json)

@@ -1,4 +1,4 @@
-"""DragBench-SR / DragBench-DR on disk: find the samples, read each one's photo and two pickles.
+"""DragBench-SR / DragBench-DR on disk: find the samples, read each one's photo and pickles.
 
 The RegionDrag release (README "DragBench-SR & DragBench-DR") lays the data out as::
 
@@ -7,7 +7,18 @@ The RegionDrag release (README "DragBench-SR & DragBench-DR") lays the data out 
         dragbench-dr/<category>/<sample>/    205 samples, from DragDiffusion's DragBench(-D)
 
 and every sample folder holds `original_image.png`, `user_drag.png` (a drawing of the
-drag, unused), `meta_data.pkl` and `meta_data_region.pkl` (format: regiondrag.dragbench).
+drag, unused), `meta_data.pkl` and `meta_data_region.pkl`. Both pickles hold one dict
+(RegionDrag README; DragDiffusion drag_bench_evaluation/labeling_tool.py `save_all`;
+RegionDrag region_utils/drag.py `get_meta_data`)::
+
+    {'prompt': str,
+     'points': [(x1, y1), (x2, y2), ...],  # image pixels: handle, target, handle, target, ...
+     'mask':   (H, W) uint8 array}         # the editable area, non-zero = editable
+
+In `meta_data.pkl` the points are the benchmark's sparse handle/target clicks; in
+`meta_data_region.pkl` they are the region version's dense pairs, already mapped, at image
+scale (the reference divides them by 8 to index the latent). Points may be tuples, lists
+or numpy arrays. Both are read through `unpickle.restricted_load`.
 
 The reference evaluation (RegionDrag run_eval.py) edits with the *region* file (its
 `get_drag_data` reads meta_data_region.pkl: prompt, editable mask and dense pairs) and
@@ -17,17 +28,18 @@ clicks and its prompt). It edits each photo at its own size (region_utils/cycle_
 """
 from __future__ import annotations
 
-import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional
 
 import numpy as np
 from PIL import Image
 
-from .dragbench import DragBenchMeta, latent_mapping, read_meta_data
-from .image_io import load_image
-from .mapping import Mapping, latent_size_of
+from ..image_io import LATENT_STRIDE, PathLike, load_image
+from ..mapping import LatentSize, Mapping, drop_out_of_bounds, latent_size_of
+from ..regions import RegionError
+from .unpickle import restricted_load
 
 SUBSETS = {"sr": "dragbench-sr", "dr": "dragbench-dr"}  # our short names -> the release's folder names
 SUBSET_TITLES = {"sr": "DragBench-SR", "dr": "DragBench-DR"}
@@ -39,11 +51,49 @@ REGION_FILE = "meta_data_region.pkl"
 # to have been replaced by Inpaint4Drag's copy of the data, which may carry this instead.
 INPAINT4DRAG_FILE = "meta_data_i4p.pkl"
 
-PathLike = Union[str, os.PathLike]
 
 
 class DatasetError(ValueError):
     """A dataset folder that is not in the DragBench-SR/DR layout; the message says what is missing."""
+
+
+@dataclass(frozen=True, eq=False)
+class DragBenchMeta:
+    prompt: str
+    mask: np.ndarray    # (H, W) bool, True = editable
+    handle: np.ndarray  # (N, 2) float64 (x, y) image pixels
+    target: np.ndarray  # (N, 2)
+
+
+def read_meta_data(path: PathLike) -> DragBenchMeta:
+    """Read `meta_data.pkl` or `meta_data_region.pkl` safely and check its fields."""
+    path = Path(path)
+    try:
+        meta = restricted_load(path.read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise RegionError(f"cannot read DragBench metadata {path}: {e}") from None
+    if not isinstance(meta, dict) or not {"prompt", "points", "mask"} <= set(meta):
+        found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise RegionError(f"{path}: expected a dict with keys 'prompt', 'points', 'mask'; found {found}")
+    try:
+        points = np.asarray(meta["points"], np.float64)  # (2N, 2)
+        paired = points.ndim == 2 and points.shape[1] == 2 and len(points) % 2 == 0 and len(points) > 0
+    except (TypeError, ValueError):
+        paired = False
+    if not paired:
+        raise RegionError(f"{path}: 'points' must be a non-empty list of (x, y) points, handle and "
+                         f"target alternating; got {meta['points']!r:.80}")
+    mask = np.asarray(meta["mask"])
+    if mask.ndim != 2:
+        raise RegionError(f"{path}: 'mask' must be an (H, W) array, got shape {mask.shape}")
+    return DragBenchMeta(str(meta["prompt"]), mask != 0, points[0::2], points[1::2])
+
+
+def latent_mapping(meta: DragBenchMeta, latent_size: LatentSize) -> Mapping:
+    """A region version's dense pairs as latent (handle_xy, target_xy): floor division by 8,
+    as the reference's `source // 8`, dropping pairs off the latent grid."""
+    return drop_out_of_bounds(meta.handle.astype(np.int64) // LATENT_STRIDE,
+                              meta.target.astype(np.int64) // LATENT_STRIDE, latent_size)
 
 
 @dataclass(frozen=True)

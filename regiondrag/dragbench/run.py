@@ -27,21 +27,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .benchmark_data import SUBSET_TITLES, SUBSETS, DatasetError, Sample, find_samples, region_mapping
-from .cli import DTYPES
-from .image_io import ImageError, load_image, save_image_atomic, working_size
+from ..image_io import ImageError, PathLike, load_image, save_image_atomic, working_size
+from ..pipeline import DTYPES, SEED, RegionDragPipeline, default_device_dtype
+from ..regions import RegionError
 from .metrics import DIFT, lpips_distance, mean_distance
-from .pipeline import SEED, RegionDragPipeline, default_device_dtype
-from .regions import RegionError
+from .reader import SUBSET_TITLES, SUBSETS, DatasetError, Sample, find_samples, region_mapping
 from .report import markdown_table
 
-PathLike = Union[str, os.PathLike]
 
 METRIC_SCALE = 100  # the paper prints MD and LPIPS x100
 # RegionDrag paper (ECCV 2024), Table 1: RegionDrag's (MD x100, LPIPS x100) per benchmark

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 
-PathLike = Union[str, os.PathLike]
+from ..image_io import PathLike
+
 Row = Sequence[Any]
 FIGURE_DPI = 150
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from models.lpips import LPIPS
 from sampling.schedule import alpha_bar, scaled_linear_alphas_cumprod
 
-from .image_io import to_tensor
+from ..image_io import to_tensor
 
 # RegionDrag evaluator.py compute_lpips (as DragDiffusion run_eval_similarity.py): bilinear resize to 224x224
 LPIPS_SIZE = 224

@@ -1,0 +1,3 @@
+"""DragBench-SR/DR, the benchmark of the paper: the data on disk (`reader`, through the safe
+`unpickle`), its metrics (`metrics`: Mean Distance with DIFT, LPIPS), evaluation runs (`run`)
+and their tables and plots (`report`)."""
