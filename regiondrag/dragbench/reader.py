@@ -39,7 +39,7 @@ from PIL import Image
 from ..image_io import LATENT_STRIDE, PathLike, load_image
 from ..mapping import LatentSize, Mapping, drop_out_of_bounds, latent_size_of
 from ..regions import RegionError
-from .unpickle import restricted_load
+from .unpickle import MAX_PICKLE_BYTES, UnsafePickleError, restricted_load
 
 SUBSETS = {"sr": "dragbench-sr", "dr": "dragbench-dr"}  # our short names -> the release's folder names
 SUBSET_TITLES = {"sr": "DragBench-SR", "dr": "DragBench-DR"}
@@ -69,24 +69,38 @@ def read_meta_data(path: PathLike) -> DragBenchMeta:
     """Read `meta_data.pkl` or `meta_data_region.pkl` safely and check its fields."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_PICKLE_BYTES:
+            raise UnsafePickleError(f"{path.stat().st_size} bytes is more than a metadata file holds "
+                                    f"(at most {MAX_PICKLE_BYTES} are read)")
         meta = restricted_load(path.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise RegionError(f"cannot read DragBench metadata {path}: {e}") from None
+    except (OSError, pickle.UnpicklingError) as e:
+        raise RegionError(f"cannot read DragBench metadata {path}: {getattr(e, 'strerror', None) or e}") from None
     if not isinstance(meta, dict) or not {"prompt", "points", "mask"} <= set(meta):
-        found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        found = sorted(map(str, meta)) if isinstance(meta, dict) else type(meta).__name__
         raise RegionError(f"{path}: expected a dict with keys 'prompt', 'points', 'mask'; found {found}")
+    if not isinstance(meta["prompt"], str):
+        raise RegionError(f"{path}: 'prompt' must be a string, got {type(meta['prompt']).__name__}")
     try:
         points = np.asarray(meta["points"], np.float64)  # (2N, 2)
         paired = points.ndim == 2 and points.shape[1] == 2 and len(points) % 2 == 0 and len(points) > 0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         paired = False
     if not paired:
         raise RegionError(f"{path}: 'points' must be a non-empty list of (x, y) points, handle and "
-                         f"target alternating; got {meta['points']!r:.80}")
-    mask = np.asarray(meta["mask"])
-    if mask.ndim != 2:
-        raise RegionError(f"{path}: 'mask' must be an (H, W) array, got shape {mask.shape}")
-    return DragBenchMeta(str(meta["prompt"]), mask != 0, points[0::2], points[1::2])
+                          f"target alternating; got {meta['points']!r:.80}")
+    if not np.isfinite(points).all():
+        raise RegionError(f"{path}: 'points' must be finite pixel coordinates; point "
+                          f"{int(np.argmin(np.isfinite(points).all(1)))} is not")
+    try:
+        mask = np.asarray(meta["mask"])
+    except (TypeError, ValueError):
+        mask = np.empty(0)
+    if mask.ndim != 2 or mask.dtype.kind not in "biuf" or 0 in mask.shape:
+        raise RegionError(f"{path}: 'mask' must be an (H, W) array of numbers, got "
+                          f"{mask.dtype} of shape {mask.shape}")
+    if not mask.any():
+        raise RegionError(f"{path}: 'mask' is empty (no editable pixel); mark where the edit may change the photo")
+    return DragBenchMeta(meta["prompt"], mask != 0, points[0::2], points[1::2])
 
 
 def latent_mapping(meta: DragBenchMeta, latent_size: LatentSize) -> Mapping:
