@@ -10,7 +10,7 @@ import numpy as np
 
 from .copy_paste import PASTE_SCHEDULES
 from .dragbench.reader import DatasetError, read_meta_data, region_mapping
-from .image_io import MAX_SIDE, ImageError, image_format, load_image, save_image_atomic, working_size
+from .image_io import MAX_SIDE, ImageError, check_output_path, load_image, save_image_atomic, working_size
 from .mapping import dense_mapping, latent_size_of
 from .preview import draw_preview
 from .regions import RegionError, regions_from_json
@@ -72,7 +72,7 @@ def _check_outputs(args: argparse.Namespace, *outputs: Optional[Path]) -> None:
         if out is not None and out.resolve() in inputs:
             raise UsageError(f"refusing to overwrite the input {out}; choose another output path")
         if out is not None:
-            image_format(out)  # an unknown extension fails now, not after the edit
+            check_output_path(out)  # an unknown extension fails now, not after the edit
 
 
 def _read_regions(args: argparse.Namespace, photo_size):

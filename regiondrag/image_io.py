@@ -1,14 +1,16 @@
 """Reading photos of any mode, converting to and from tensors, writing results atomically."""
 from __future__ import annotations
 
+import io
 import os
-import tempfile
+import secrets
+import warnings
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 
 PathLike = Union[str, os.PathLike]
@@ -21,45 +23,102 @@ MAX_SIDE = 512
 LATENT_STRIDE = 8
 
 
+# The most pixels an input image may have: above a full-frame camera's 61 MP, below what
+# decoding and converting (~10 bytes a pixel) can hold comfortably. The model works at
+# max_side anyway; a bigger file is refused before it is decoded (a decompression bomb
+# declares a huge size in a few bytes).
+MAX_IMAGE_PIXELS = 2**26
+
+
 class ImageError(ValueError):
     """An input image that cannot be used; the message says why and what to do."""
 
 
 def load_image(image: ImageLike) -> Image.Image:
-    """Any readable photo as 8-bit RGB: palette, grey, alpha, CMYK and 16-bit modes converted."""
+    """Any readable photo as 8-bit RGB, upright as displayed (EXIF orientation applied):
+    palette, grey, alpha (onto white), CMYK and 16-bit modes converted."""
     if isinstance(image, np.ndarray):
         image = array_to_pil(image)
     elif not isinstance(image, Image.Image):
-        path = Path(image)
-        if not path.is_file():
-            raise ImageError(f"image file not found: {path}")
-        try:
-            image = Image.open(path)
-            image.load()
-        except (UnidentifiedImageError, OSError) as e:
-            raise ImageError(f"cannot read {path} as an image ({e}); give a PNG or JPEG file") from e
-    if image.width < 1 or image.height < 1:
-        raise ImageError(f"image has no pixels ({image.width}x{image.height})")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit grey: rescale to 8 bits
-        a = np.asarray(image, dtype=np.float64)
+        image = open_image(image, "image file")
+    _check_size(image, "image")
+    try:
+        return _to_rgb(image)
+    except ValueError as e:  # modes PIL reads but cannot convert (LAB, HSV, La ...)
+        raise ImageError(f"cannot convert a {image.mode} image to RGB ({e}); save it as an RGB PNG or JPEG") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit grey: rescale to 8 bits
+        a = np.nan_to_num(np.asarray(image, dtype=np.float64), posinf=0, neginf=0)
         lo, hi = a.min(), a.max()
         image = Image.fromarray(((a - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if "A" in image.getbands() or "a" in image.getbands() or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")  # transparent pixels become white, not black
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
 
 
+def load_mask(path: PathLike, what: str = "mask") -> np.ndarray:
+    """A mask file as (H, W) bool, by the one rule for every mask the project reads: where a
+    pixel's alpha is non-zero if the file has an alpha channel, else where its luminance is."""
+    image = open_image(path, f"{what} file")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    bands = image.getbands()
+    if "A" in bands or "a" in bands:
+        return np.asarray(image.getchannel("A" if "A" in bands else "a")) != 0
+    return np.asarray(image if len(bands) == 1 else image.convert("L")) != 0
+
+
+def open_image(path: PathLike, what: str) -> Image.Image:
+    """Decode an image file, refusing sizes above MAX_IMAGE_PIXELS before decoding; upright."""
+    path = Path(path)
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte
+        found = False
+    if not found:
+        raise ImageError(f"{what} not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            _check_size(image, f"{what} {path}")
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{what} {path} declares more than {MAX_IMAGE_PIXELS} pixels; downscale it") from None
+    except Exception as e:  # noqa: BLE001 - a decoder given a hostile file can raise anything
+        raise ImageError(f"cannot read {path} as an image ({type(e).__name__}: {str(e)[:100]}); "
+                         f"give a PNG or JPEG file") from None
+
+
+def _check_size(image: Image.Image, what: str) -> None:
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"{what} has no pixels ({image.width}x{image.height})")
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{what} is {image.width}x{image.height}, more than {MAX_IMAGE_PIXELS} pixels; "
+                         f"downscale it (the model works at a long side of {MAX_SIDE} by default)")
+
+
 def array_to_pil(a: np.ndarray) -> Image.Image:
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {a.shape}")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or a.dtype.kind not in "biuf":
+        raise ImageError(f"an image array must be numbers of shape (H, W), (H, W, 3) or (H, W, 4); "
+                         f"got {a.dtype} of shape {a.shape}")
+    if a.size and a.shape[0] * a.shape[1] > MAX_IMAGE_PIXELS:
+        raise ImageError(f"image array of shape {a.shape} has more than {MAX_IMAGE_PIXELS} pixels; downscale it")
     if a.dtype != np.uint8:
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ImageError("image array has NaN or infinite values")
         if np.issubdtype(a.dtype, np.floating) and a.size and a.min() >= 0 and a.max() <= 1:
             a = a * 255.0  # float images in [0, 1]
-        a = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        a = np.clip(np.round(a.astype(np.float64)), 0, 255).astype(np.uint8)
     return Image.fromarray(a)
 
 
@@ -99,25 +158,42 @@ def to_pil(x: Tensor) -> Image.Image:
     return Image.fromarray(a)
 
 
-def image_format(path: Path) -> str:
-    """PIL's format name for an output path's extension."""
+def check_output_path(path: PathLike) -> str:
+    """PIL's format for an output path, checked before any work: an extension PIL can write
+    RGB to, not a folder, in a folder that exists (or can be made) and is writable."""
+    path = Path(path)
+    if "\0" in str(path):
+        raise ImageError(f"output path {str(path)!r} has a NUL byte")
+    if path.is_dir():
+        raise ImageError(f"output {path} is a folder; give a file name such as {path / 'result.png'}")
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"unknown image extension {path.suffix!r} for {path}; use .png or .jpg")
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+    except Exception:  # noqa: BLE001 - PIL signals "cannot write this" in many ways
+        raise ImageError(f"cannot write an RGB image as {fmt} ({path.suffix}); use .png or .jpg") from None
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ImageError(f"cannot write {path}: {folder} is not a writable folder")
     return fmt
 
 
 def save_image_atomic(image: Image.Image, path: PathLike) -> Path:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, then rename: readers never see half a file,
+    and an interrupted write (an exception, Ctrl-C, or a signal the CLI turns into one)
+    leaves no file behind. The file gets the usual permissions (0666 less the umask)."""
     path = Path(path)
-    fmt = image_format(path)
+    fmt = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # named before it exists: always removable
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             image.save(f, format=fmt)
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ImageError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     return path

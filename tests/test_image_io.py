@@ -1,5 +1,6 @@
 """Image I/O: every odd PIL mode loads as 8-bit RGB, clear errors for files that are not
 images, the working-size rule of the reference UI, and atomic writes."""
+import io
 import os
 
 import numpy as np
@@ -232,12 +233,14 @@ def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch, existing):
 
     def dying_save(self, fp, *args, **kwargs):
         real_save(self, fp, *args, **kwargs)
+        if isinstance(fp, io.BytesIO):  # the up-front check that the format can be written
+            return
         fp.seek(0)
         fp.truncate(10)  # half written ...
         raise OSError(28, "No space left on device")  # ... then the disk fills
 
     monkeypatch.setattr(Image.Image, "save", dying_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ImageError, match=r"cannot write .*out\.png: No space left on device$"):
         save_image_atomic(Image.fromarray(_rgb()), path)
     assert os.listdir(tmp_path) == (["out.png"] if existing else [])
     if existing:
@@ -261,3 +264,119 @@ def test_to_tensor_and_back_is_exact():
     x = image_io.to_tensor(Image.fromarray(_rgb()))
     assert x.shape == (1, 3, H, W) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
     assert (np.asarray(image_io.to_pil(x)) == _rgb()).all()
+
+
+# -- hostile and odd inputs (issue 13) -------------------------------------------------------------
+
+def _png_declaring(tmp_path, width: int, height: int):
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's few bytes)."""
+    import struct
+    import zlib
+
+    data = bytearray(io.BytesIO().getvalue())
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("side", [9000, 20000, 100000])  # over our cap; over PIL's warning; over PIL's error
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
+    with pytest.raises(ImageError, match=rf"declares more than {image_io.MAX_IMAGE_PIXELS}|{side}x{side}, more than"):
+        load_image(_png_declaring(tmp_path, side, side))
+
+
+def test_an_image_just_within_the_pixel_cap_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_io, "MAX_IMAGE_PIXELS", W * H)
+    assert load_image(_write(tmp_path, "ok.png", Image.fromarray(_rgb()))).size == (W, H)
+    monkeypatch.setattr(image_io, "MAX_IMAGE_PIXELS", W * H - 1)
+    with pytest.raises(ImageError, match="more than 95 pixels"):
+        load_image(_write(tmp_path, "ok.png", Image.fromarray(_rgb())))
+
+
+def test_exif_orientation_is_applied_on_read(tmp_path):
+    """A camera JPEG stored sideways with Orientation=6 (rotate 90 cw to display) loads as displayed."""
+    stored = np.zeros((H, W, 3), np.uint8)
+    stored[0, :] = 255  # a white top row as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _write(tmp_path, "sideways.png", Image.fromarray(stored), exif=exif)
+    shown = np.asarray(load_image(path))
+    assert shown.shape == (W, H, 3)  # width and height swapped
+    assert (shown[:, -1] == 255).all() and (shown[:, 0] == 0).all()  # the top row is now the right column
+
+
+@pytest.mark.parametrize("mode", ["LAB", "HSV", "YCbCr", "CMYK", "1", "I", "F", "La", "RGBa", "RGBX"])
+def test_every_mode_pil_reads_loads_or_is_refused_in_one_line(tmp_path, mode):
+    image = Image.fromarray(_rgb()).convert("RGBA").convert(mode) if mode in ("La", "RGBa") else \
+        Image.fromarray(_rgb()).convert(mode) if mode not in ("LAB", "HSV") else Image.new(mode, (W, H))
+    try:
+        out = load_image(image)
+    except ImageError as e:
+        assert "\n" not in str(e) and "RGB" in str(e)
+    else:
+        assert out.mode == "RGB" and out.size == (W, H)
+
+
+@pytest.mark.parametrize("array, fragment", [
+    (np.full((H, W), np.nan), "NaN"), (np.zeros((H, W), complex), "must be numbers"),
+    (np.zeros((H, W, 2)), "shape"), (np.zeros((2, H, W, 3)), "shape")])
+def test_bad_arrays_are_clear_errors(array, fragment):
+    with pytest.raises(ImageError, match=fragment):
+        load_image(array)
+
+
+@pytest.mark.parametrize("name", ["out.xbm", "out.palm", "out.msp", "out.psd"])
+def test_formats_pil_cannot_write_rgb_to_are_refused_up_front(tmp_path, name):
+    with pytest.raises(ImageError, match=r"use \.png or \.jpg"):
+        image_io.check_output_path(tmp_path / name)
+
+
+def test_an_output_path_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(ImageError, match="is a folder"):
+        save_image_atomic(Image.fromarray(_rgb()), tmp_path / "x.png")
+
+
+def test_outputs_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_image_atomic(Image.fromarray(_rgb()), tmp_path / "out.png")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+# -- the one rule for mask files: alpha if present, else luminance --------------------------------
+
+def _mask_image(mode: str) -> Image.Image:
+    inside = np.zeros((H, W), bool)
+    inside[2:5, 3:9] = True
+    if mode == "RGBA":  # white paint everywhere, opaque only inside: alpha decides
+        a = np.full((H, W, 4), 255, np.uint8)
+        a[..., 3] = inside * 255
+        return Image.fromarray(a)
+    if mode == "LA":  # black paint, opaque inside
+        return Image.fromarray(np.stack([np.zeros((H, W), np.uint8), inside.astype(np.uint8) * 255], -1), "LA")
+    if mode == "P":  # palette with a transparent index 0, white index 1 inside, and (opaque) black nowhere
+        image = Image.fromarray(inside.astype(np.uint8), "P")
+        image.putpalette([0, 0, 0, 255, 255, 255])
+        image.info["transparency"] = 0
+        return image
+    if mode == "I;16":
+        return Image.fromarray(inside.astype(np.uint16) * 300)
+    return Image.fromarray(inside.astype(np.uint8) * 255).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "RGB", "1", "I;16"])
+def test_mask_files_read_alpha_if_present_else_luminance(tmp_path, mode):
+    expected = np.zeros((H, W), bool)
+    expected[2:5, 3:9] = True
+    path = _write(tmp_path, "mask.png", _mask_image(mode))
+    assert np.array_equal(image_io.load_mask(path), expected)
