@@ -93,7 +93,7 @@ def open_image(path: PathLike, what: str) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{what} {path} declares more than {MAX_IMAGE_PIXELS} pixels; downscale it") from None
     except Exception as e:  # noqa: BLE001 - a decoder given a hostile file can raise anything
-        raise ImageError(f"cannot read {path} as an image ({type(e).__name__}: {str(e)[:100]}); "
+        raise ImageError(f"cannot read {what} {path} as an image ({type(e).__name__}: {str(e)[:100]}); "
                          f"give a PNG or JPEG file") from None
 
 

@@ -54,7 +54,9 @@ the PNG has an alpha channel), or ``{"polygon": [[x, y], ...]}``, a filled polyg
 more vertices drawn inline.
 
 Anything else is an error: `regions_from_json` raises `RegionError`, whose one-line
-message names the pair and the key, says what was wrong and how to fix it.
+message names the pair and the key, says what was wrong and how to fix it. So are inputs
+above the caps below (MAX_POINTS, MAX_POLYGON_VERTICES, the radius and coverage limits of
+point pairs, MAX_REGION_FILE_BYTES): each bounds the memory one input can ask for.
 """
 from __future__ import annotations
 
@@ -64,11 +66,12 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator, Mapping, Union
+from typing import ClassVar, Iterator, Mapping, Optional, Sequence, Union
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from .image_io import ImageError, load_mask
 
 # Our extension's defaults: a point pair moves a disk this big (image pixels), two latent
 # cells across, so that even a lone point pair moves a recognisable patch.
@@ -77,6 +80,19 @@ POINT_SHAPES = ("disk", "square")
 # A polygon with less area than this (px^2) has (nearly) collinear vertices: it covers no
 # pixel and its map is singular.
 MIN_POLYGON_AREA = 0.5
+# Caps, each bounding what one input may cost (memory and time grow with them):
+# - points per list: clicks by hand, or a dense drag of every latent cell of a 512 px photo
+#   (64 x 64); inverse-distance weighting and drawing cost grow with the count;
+MAX_POINTS = 4096
+# - vertices of an inline polygon mask: an outline traced by hand;
+MAX_POLYGON_VERTICES = 4096
+# - point pairs' shapes together may cover the photo this many times over: the mapping holds
+#   one pair per covered pixel (CP then Encode maps at pixel resolution), and beyond a few
+#   layers the shapes only overlap. (A radius is also capped at the photo's diagonal: a disk
+#   that big around any point already covers the whole photo.)
+MAX_POINT_COVERAGE = 16
+# - a region file: a hand-made one is kilobytes (4096 points are ~100 KB).
+MAX_REGION_FILE_BYTES = 4 * 2**20
 
 ImageSize = tuple[int, int]  # (width, height) in pixels, as PIL's Image.size
 
@@ -160,10 +176,18 @@ class PointPairs:
         _check_points(self.handle, image_size, "handle point")
         _check_points(self.target, image_size, "target point")
         _check_counts(self.handle, self.target, "points")
-        if not (np.isfinite(self.radius) and self.radius >= 0):
-            raise RegionError(f"radius {self.radius!r} must be a non-negative number of pixels")
-        if self.shape not in POINT_SHAPES:
-            raise RegionError(f"shape {self.shape!r} is not one of {', '.join(POINT_SHAPES)}")
+        if not (_is_number(self.radius) and 0 <= self.radius < np.inf):
+            raise RegionError(f"radius {self.radius!r:.40} must be a non-negative number of pixels")
+        diagonal = float(np.hypot(*image_size))
+        if self.radius > diagonal:
+            raise RegionError(f"radius {self.radius:g} is larger than the photo's diagonal ({diagonal:.0f} px), "
+                              f"where a disk already covers the whole photo; use a smaller radius")
+        covered = len(self.handle) * (2 * self.radius + 1) ** 2
+        if covered > MAX_POINT_COVERAGE * image_size[0] * image_size[1]:
+            raise RegionError(f"{len(self.handle)} points of radius {self.radius:g} cover the photo more than "
+                              f"{MAX_POINT_COVERAGE} times over; use fewer points or a smaller radius")
+        if not isinstance(self.shape, str) or self.shape not in POINT_SHAPES:
+            raise RegionError(f"shape {self.shape!r:.40} is not one of {', '.join(POINT_SHAPES)}")
 
 
 def _store_arrays(pair, dtype, *names: str) -> None:
@@ -188,12 +212,59 @@ def pair_context(index: int, kind: str) -> Iterator[None]:
         raise RegionError(f"pair {index} ({kind}): {e}") from None
 
 
-def validate_regions(regions: list[Region], image_size: ImageSize) -> None:
+def validate_regions(regions: Sequence[Region], image_size: ImageSize) -> None:
+    if isinstance(regions, (str, os.PathLike, Mapping)) or not isinstance(regions, Sequence):
+        raise RegionError(f"regions must be a list of region pairs (regiondrag.regions), got "
+                          f"{type(regions).__name__}; read a region file with regions_from_json(path, image.size)")
     if not regions:
         raise RegionError("no region pairs given; give at least one handle -> target pair")
     for i, region in enumerate(regions):
+        if not isinstance(region, tuple(KINDS.values())):
+            raise RegionError(f"pair {i} is a {type(region).__name__}; use one of "
+                              f"{', '.join(k.__name__ for k in KINDS.values())}")
         with pair_context(i, region.kind):
             region.validate(image_size)
+
+
+def check_edit_inputs(regions: Optional[Sequence[Region]], mapping, mask, image_size: ImageSize,
+                      latent_size: tuple[int, int]) -> None:
+    """What `RegionDragPipeline.edit` checks first: regions or a mapping (one of the two),
+    a mapping's latent indices on the grid, an editable mask of the photo's size that is not empty."""
+    if (regions is None) == (mapping is None):
+        raise RegionError("give either regions or a precomputed mapping, not both or neither")
+    if regions is not None:
+        validate_regions(regions, image_size)
+    else:
+        _check_mapping(mapping, latent_size)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != image_size[::-1] or mask.dtype.kind not in "biuf":
+            raise RegionError(f"the editable mask must be a ({image_size[1]}, {image_size[0]}) array of numbers "
+                              f"(the photo's height and width), got {mask.dtype} of shape {mask.shape}")
+        if not mask.any():
+            raise RegionError("the editable mask is empty (no non-zero pixel): nothing could change; "
+                              "mark the area the edit may change")
+
+
+def _check_mapping(mapping, latent_size: tuple[int, int]) -> None:
+    """(handle_xy, target_xy) integer (N, 2) arrays of equal length, inside the latent grid
+    (a negative index would silently wrap around to the other side)."""
+    try:
+        handle, target = (np.asarray(a) for a in mapping)
+    except (TypeError, ValueError):
+        raise RegionError("a mapping is a pair (handle_xy, target_xy) of (N, 2) integer arrays") from None
+    for name, xy in (("handle", handle), ("target", target)):
+        if xy.ndim != 2 or xy.shape[1] != 2 or xy.dtype.kind not in "iu":
+            raise RegionError(f"mapping {name}_xy must be an (N, 2) integer array, got {xy.dtype} of shape {xy.shape}")
+        outside = ~((xy >= 0) & (xy < np.array(latent_size))).all(1)
+        if outside.any():
+            i = int(np.argmax(outside))
+            raise RegionError(f"mapping {name}_xy[{i}] = {tuple(xy[i].tolist())} is outside the {latent_size[0]}x"
+                              f"{latent_size[1]} latent grid; indices are 0 <= x < {latent_size[0]}, "
+                              f"0 <= y < {latent_size[1]}")
+    if len(handle) != len(target) or not len(target):
+        raise RegionError(f"a mapping needs as many handle as target cells, at least one; got "
+                          f"{len(handle)} and {len(target)}")
 
 
 def rasterise_polygon(vertices: np.ndarray, image_size: ImageSize) -> np.ndarray:
@@ -222,38 +293,61 @@ def regions_from_json(path_or_dict: Union[str, os.PathLike, Mapping], image_size
     if isinstance(path_or_dict, Mapping):
         doc, base = path_or_dict, Path(base_dir or ".")
     else:
-        doc, base = _read_json(Path(path_or_dict)), Path(base_dir or Path(path_or_dict).parent)
-    if not doc:
-        raise RegionError('empty region file: expected {"pairs": [...]} with at least one pair')
-    if not isinstance(doc, Mapping) or set(doc) != {"pairs"}:
-        found = sorted(doc) if isinstance(doc, Mapping) else type(doc).__name__
-        raise RegionError(f'a region file is one object with the single key "pairs"; found {found}')
-    pairs = doc["pairs"]
-    if not isinstance(pairs, list) or not pairs:
-        raise RegionError('"pairs" must be a non-empty list of handle -> target pairs')
-    regions = [_parse_pair(i, pair, image_size, base) for i, pair in enumerate(pairs)]
+        doc, base = read_region_file(path_or_dict), Path(base_dir or Path(path_or_dict).parent)
+    regions = [_parse_pair(i, pair, image_size, base) for i, pair in enumerate(_pairs(doc))]
     validate_regions(regions, image_size)
     return regions
 
 
-def _read_json(path: Path):
+def _pairs(doc) -> list:
+    if not doc:
+        raise RegionError('empty region file: expected {"pairs": [...]} with at least one pair')
+    if not isinstance(doc, Mapping) or set(doc) != {"pairs"}:
+        found = sorted(map(str, doc)) if isinstance(doc, Mapping) else type(doc).__name__
+        raise RegionError(f'a region file is one object with the single key "pairs"; found {found}')
+    pairs = doc["pairs"]
+    if not isinstance(pairs, list) or not pairs:
+        raise RegionError('"pairs" must be a non-empty list of handle -> target pairs')
+    return pairs
+
+
+def mask_files(doc, base_dir: Union[str, os.PathLike]) -> list[Path]:
+    """The mask PNGs a region file's dict refers to (what the file makes a command read)."""
+    pairs = doc.get("pairs") if isinstance(doc, Mapping) else None
+    return [Path(base_dir) / pair[key] for pair in (pairs if isinstance(pairs, list) else [])
+            if isinstance(pair, Mapping) for key in ("handle", "target", "region") if isinstance(pair.get(key), str)]
+
+
+def read_region_file(path: Union[str, os.PathLike]):
+    """A region file's JSON document (not yet checked against a photo)."""
+    path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise RegionError(f"cannot read region file {path}: {e.strerror or e}") from None
+        if path.stat().st_size > MAX_REGION_FILE_BYTES:
+            raise RegionError(f"region file {path} is {path.stat().st_size} bytes, more than a region file holds "
+                              f"(at most {MAX_REGION_FILE_BYTES}); is it the right file?")
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        if isinstance(e, RegionError):
+            raise
+        if isinstance(e, UnicodeDecodeError):
+            raise RegionError(f"region file {path} is not UTF-8 text; give a JSON region file (see the "
+                              f"regiondrag.regions docs or --help)") from None
+        raise RegionError(f"cannot read region file {path}: {getattr(e, 'strerror', None) or e}") from None
     if not text.strip():
         raise RegionError(f'empty region file {path}: expected {{"pairs": [...]}} with at least one pair')
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise RegionError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise RegionError(f"{path} nests JSON values too deeply to be a region file") from None
 
 
 def _parse_pair(index: int, pair, image_size: ImageSize, base: Path) -> Region:
     if not isinstance(pair, Mapping):
         raise RegionError(f"pair {index}: expected an object with a \"kind\", got {type(pair).__name__}")
     kind = pair.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise RegionError(f"pair {index}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     with pair_context(index, kind):
         required, optional = _keys(KINDS[kind])
@@ -276,16 +370,28 @@ def _parse_pair(index: int, pair, image_size: ImageSize, base: Path) -> Region:
                           pair.get("shape", PointPairs.shape))
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise RegionError(f"{what} must be a finite number, got {value!r}")
+    finite = False
+    if _is_number(value):
+        try:
+            finite = bool(np.isfinite(float(value)))
+        except OverflowError:  # an integer beyond float range
+            pass
+    if not finite:
+        raise RegionError(f"{what} must be a finite number, got {value!r:.40}")
     return float(value)
 
 
-def _points(value, what: str) -> np.ndarray:
+def _points(value, what: str, cap: int = MAX_POINTS) -> np.ndarray:
     """A JSON list of [x, y] -> (N, 2) float64."""
     if not isinstance(value, list) or not value:
         raise RegionError(f"{what} must be a non-empty list of [x, y] points, got {value!r:.60}")
+    if len(value) > cap:
+        raise RegionError(f"{what} has {len(value)} points; at most {cap} are read")
     for p in value:
         if not isinstance(p, list) or len(p) != 2:
             raise RegionError(f"{what}: each point must be a list [x, y], got {p!r:.60}")
@@ -297,10 +403,13 @@ def _mask(value, image_size: ImageSize, base: Path, what: str) -> np.ndarray:
     if isinstance(value, str):
         return _read_mask_png(base / value, what)
     if isinstance(value, Mapping) and set(value) == {"polygon"}:
-        vertices = _points(value["polygon"], f"{what} polygon")
+        vertices = _points(value["polygon"], f"{what} polygon", MAX_POLYGON_VERTICES)
         _check_points(vertices, image_size, f"{what} polygon vertex")
         if len(vertices) < 3:
             raise RegionError(f"{what} polygon has {len(vertices)} vertices; a filled polygon needs 3 or more")
+        x, y = vertices.T
+        if abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) < 2 * MIN_POLYGON_AREA:  # shoelace
+            raise RegionError(f"{what} polygon encloses no area (its vertices lie on one line); spread them out")
         return rasterise_polygon(vertices, image_size)
     raise RegionError(f'{what} must be a PNG path (a string) or {{"polygon": [[x, y], ...]}}, '
                       f"got {value!r:.60}")
@@ -308,19 +417,16 @@ def _mask(value, image_size: ImageSize, base: Path, what: str) -> np.ndarray:
 
 def _read_mask_png(path: Path, what: str) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            image.load()
-            band = image.getchannel("A") if "A" in image.getbands() else image.convert("L")
-    except (OSError, UnidentifiedImageError) as e:
-        raise RegionError(f"cannot read {what} mask file {path}: {getattr(e, 'strerror', None) or e}") from None
-    return np.asarray(band) > 0
+        return load_mask(path, f"{what} mask")
+    except ImageError as e:
+        raise RegionError(str(e)) from None
 
 
 # --- checks ------------------------------------------------------------------------------
 
 def _check_mask(mask: np.ndarray, image_size: ImageSize, what: str) -> None:
     width, height = image_size
-    if mask.shape != (height, width):
+    if mask.ndim != 2 or mask.shape != (height, width):
         raise RegionError(f"{what} mask is {mask.shape[1::-1]} (width, height) but the image is "
                           f"{(width, height)}; masks must have the image's size")
     if not mask.any():
@@ -330,6 +436,8 @@ def _check_mask(mask: np.ndarray, image_size: ImageSize, what: str) -> None:
 def _check_points(points: np.ndarray, image_size: ImageSize, what: str) -> None:
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise RegionError(f"{what}s must be a non-empty (N, 2) array of (x, y), got shape {points.shape}")
+    if len(points) > MAX_POINTS:
+        raise RegionError(f"{len(points)} {what}s given; at most {MAX_POINTS} are used")
     width, height = image_size
     outside = ~(np.isfinite(points).all(1) & (points[:, 0] >= 0) & (points[:, 0] < width)
                 & (points[:, 1] >= 0) & (points[:, 1] < height))

@@ -117,7 +117,7 @@ BAD = {
     "missing key": (pair_doc(kind="masks", handle={"polygon": quad()}), "missing key(s) target"),
     "unknown key": (pair_doc(kind="polygons", handle=tri(), target=tri(), radius=3), "unknown key(s) radius"),
     "unreadable mask file": (pair_doc(kind="masks", handle="nope.png", target="nope.png"),
-                             "cannot read handle mask file"),
+                             "handle mask file not found"),
     "mask of wrong size": (pair_doc(kind="masks", handle="small.png", target="small.png"),
                            "masks must have the image's size"),
     "empty mask": (pair_doc(kind="masks", handle="empty.png", target={"polygon": quad()}),
@@ -335,3 +335,107 @@ def test_bad_dragbench_fields(tmp_path, meta, expected):
     (tmp_path / "m.pkl").write_bytes(pickle.dumps(meta))
     with pytest.raises(ValueError, match=re.escape(expected)):
         read_meta_data(tmp_path / "m.pkl")
+
+
+# --- hostile and oversized inputs (issue 13) ------------------------------------------------------
+
+from regiondrag import regions as R  # noqa: E402
+from regiondrag.regions import check_edit_inputs, mask_files, read_region_file  # noqa: E402
+
+
+def points_doc(n=1, **extra):
+    return {"pairs": [dict(kind="points", handle=[[10, 10]] * n, target=[[20, 20]] * n, **extra)]}
+
+
+@pytest.mark.parametrize("doc, fragment", [
+    (points_doc(radius=30000), "larger than the photo's diagonal"),
+    (points_doc(radius=1e5), "larger than the photo's diagonal"),
+    (points_doc(R.MAX_POINTS + 1), f"at most {R.MAX_POINTS} are read"),
+    (points_doc(1000, radius=16), "cover the photo more than 16 times over"),
+    ({"pairs": [dict(kind="masks", handle={"polygon": [[5, 5], [9, 9]] * 3000}, target={"polygon": quad()})]},
+     f"at most {R.MAX_POLYGON_VERTICES} are read"),
+    ({"pairs": [dict(kind="masks", handle={"polygon": [[5, 5], [50, 50], [100, 100]]}, target={"polygon": quad()})]},
+     "encloses no area"),
+    (points_doc(radius="NaN"), "radius must be a finite number, got 'NaN'"),
+    (points_doc(radius=float("inf")), "radius must be a finite number, got inf"),
+    (points_doc(radius=10**400), "radius must be a finite number"),
+    (points_doc(radius=[1]), "radius must be a finite number"),
+    (points_doc(shape=["disk"]), "shape ['disk'] is not one of"),
+    ({"pairs": [dict(kind=["points"], handle=[[1, 1]], target=[[2, 2]])]}, "unknown kind ['points']"),
+    ({"pairs": [dict(kind={"a": 1}, handle=[[1, 1]], target=[[2, 2]])]}, "unknown kind"),
+    ({"pairs": [dict(kind="points", handle=[[10**30, 1]], target=[[2, 2]])]}, "lies outside the 200x150 image"),
+    ({"pairs": [dict(kind="points", handle=[["1", 1]], target=[[2, 2]])]}, "coordinate must be a finite number"),
+])
+def test_caps_and_odd_values_are_refused_in_one_line(doc, fragment):
+    with pytest.raises(RegionError) as e:
+        regions_from_json(doc, SIZE)
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_points_within_the_caps_parse():
+    regions_from_json(points_doc(R.MAX_POINTS, radius=0), SIZE)
+    regions_from_json(points_doc(radius=float(np.hypot(*SIZE))), SIZE)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\xff\xfe", "is not UTF-8 text"),
+    (b"[" * 100_000, "nests JSON values too deeply"),
+    (b'{"pairs": [' + b"1," * (R.MAX_REGION_FILE_BYTES // 2) + b"1]}", "more than a region file holds"),
+])
+def test_files_that_are_not_region_files(tmp_path, content, fragment):
+    path = tmp_path / "r.json"
+    path.write_bytes(content)
+    with pytest.raises(RegionError, match=fragment):
+        regions_from_json(path, SIZE)
+
+
+def test_a_path_with_a_nul_byte_is_a_clear_error():
+    with pytest.raises(RegionError, match="cannot read region file"):
+        read_region_file("a\0b.json")
+
+
+def test_mask_files_lists_every_referenced_png(tmp_path):
+    doc = {"pairs": [{"kind": "masks", "handle": "a.png", "target": {"polygon": quad()}},
+                     {"kind": "region_points", "region": "sub/b.png", "handle": [], "target": []},
+                     {"kind": "masks", "handle": "c.png", "target": "a.png"}, "junk", {"kind": 3}]}
+    assert mask_files(doc, tmp_path) == [tmp_path / "a.png", tmp_path / "sub/b.png", tmp_path / "c.png",
+                                         tmp_path / "a.png"]
+    assert mask_files(["not", "a", "doc"], tmp_path) == []
+
+
+def test_an_rgba_mask_file_reads_its_alpha(tmp_path):
+    """White paint on a transparent layer: the region is the painted part, not the whole image."""
+    a = np.zeros((*SIZE[::-1], 4), np.uint8)
+    a[..., :3] = 255
+    a[30:60, 40:90, 3] = 255
+    Image.fromarray(a).save(tmp_path / "m.png")
+    region, = regions_from_json({"pairs": [{"kind": "masks", "handle": "m.png", "target": "m.png"}]}, SIZE,
+                                base_dir=tmp_path)
+    assert region.handle.sum() == 30 * 50
+
+
+LATENT = (25, 18)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(regions="photo.json"), "regions must be a list of region pairs"),
+    (dict(regions=[{"kind": "points"}]), "pair 0 is a dict"),
+    (dict(regions=None), "give either regions or a precomputed mapping"),
+    (dict(mapping=(np.array([[-1, 0]]), np.array([[1, 1]]))), "mapping handle_xy[0] = (-1, 0) is outside"),
+    (dict(mapping=(np.array([[0, 0]]), np.array([[25, 1]]))), "target_xy[0] = (25, 1) is outside the 25x18"),
+    (dict(mapping=(np.array([[0.5, 0]]), np.array([[1, 1]]))), "integer array"),
+    (dict(mapping=(np.zeros((2, 2), int), np.zeros((1, 2), int))), "as many handle as target cells"),
+    (dict(mapping=np.zeros(3)), "a mapping is a pair"),
+    (dict(mapping=(np.zeros((1, 2), int),) * 2, mask=np.zeros(SIZE[::-1])), "the editable mask is empty"),
+    (dict(mapping=(np.zeros((1, 2), int),) * 2, mask=np.ones((10, 10))), "must be a (150, 200) array"),
+])
+def test_edit_inputs_are_checked(kwargs, fragment):
+    args = {"regions": None, "mapping": None, "mask": None, **kwargs}
+    with pytest.raises(RegionError) as e:
+        check_edit_inputs(args["regions"], args["mapping"], args["mask"], SIZE, LATENT)
+    assert fragment in str(e.value), str(e.value)
+
+
+def test_valid_edit_inputs_pass():
+    check_edit_inputs(None, (np.zeros((1, 2), int), np.array([[24, 17]])), np.ones(SIZE[::-1]), SIZE, LATENT)
+    check_edit_inputs(regions_from_json(points_doc(), SIZE), None, None, SIZE, LATENT)
