@@ -40,7 +40,7 @@ from .copy_paste import add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .image_prompt import ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
-from .regions import Region, RegionError
+from .regions import Region, RegionError, check_edit_inputs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
 
@@ -175,6 +175,8 @@ class RegionDragPipeline:
         config = config.replace(**settings) if settings else config
         clock, photo = PhaseClock(self.device), load_image(image)
         work = self._working_photo(photo, config.max_side)
+        check_edit_inputs(regions, mapping, mask, photo.size, latent_size_of(work.size))  # one-line errors, first
+        config.check_layers(self.unet.num_self_attention_layers)
         grid = config.timestep_grid()
         with clock("mapping_s"):  # 1. dense mapping at latent resolution, in working-size coordinates
             mapping = self.map(regions, mapping, photo.size, work.size, config)

@@ -238,9 +238,12 @@ def check_edit_inputs(regions: Optional[Sequence[Region]], mapping, mask, image_
         _check_mapping(mapping, latent_size)
     if mask is not None:
         mask = np.asarray(mask)
-        if mask.shape != image_size[::-1] or mask.dtype.kind not in "biuf":
-            raise RegionError(f"the editable mask must be a ({image_size[1]}, {image_size[0]}) array of numbers "
-                              f"(the photo's height and width), got {mask.dtype} of shape {mask.shape}")
+        if mask.ndim != 2 or mask.dtype.kind not in "biuf":
+            raise RegionError(f"the editable mask must be an (H, W) array of numbers, got {mask.dtype} "
+                              f"of shape {mask.shape}")
+        if mask.shape != image_size[::-1]:
+            raise RegionError(f"the editable mask is {mask.shape[1]}x{mask.shape[0]} but the photo is "
+                              f"{image_size[0]}x{image_size[1]}; give a mask of the photo's size")
         if not mask.any():
             raise RegionError("the editable mask is empty (no non-zero pixel): nothing could change; "
                               "mark the area the edit may change")
@@ -262,9 +265,8 @@ def _check_mapping(mapping, latent_size: tuple[int, int]) -> None:
             raise RegionError(f"mapping {name}_xy[{i}] = {tuple(xy[i].tolist())} is outside the {latent_size[0]}x"
                               f"{latent_size[1]} latent grid; indices are 0 <= x < {latent_size[0]}, "
                               f"0 <= y < {latent_size[1]}")
-    if len(handle) != len(target) or not len(target):
-        raise RegionError(f"a mapping needs as many handle as target cells, at least one; got "
-                          f"{len(handle)} and {len(target)}")
+    if len(handle) != len(target):
+        raise RegionError(f"a mapping needs as many handle as target cells; got {len(handle)} and {len(target)}")
 
 
 def rasterise_polygon(vertices: np.ndarray, image_size: ImageSize) -> np.ndarray:

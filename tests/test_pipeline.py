@@ -370,7 +370,7 @@ def test_point_fraction_keeps_a_subset_of_the_pairs(pipe):
     assert n >= 8 and len(half[0]) == len(half[1]) == round(0.5 * n)
     pairs = {tuple(h) + tuple(t) for h, t in zip(*full)}
     assert all(tuple(h) + tuple(t) in pairs for h, t in zip(*half))
-    with pytest.raises(RegionError, match="point_fraction"):
+    with pytest.raises(ValueError, match="point_fraction"):
         pipe.edit(PHOTO, regions, point_fraction=0, **FAST)
 
 

@@ -427,7 +427,7 @@ LATENT = (25, 18)
     (dict(mapping=(np.zeros((2, 2), int), np.zeros((1, 2), int))), "as many handle as target cells"),
     (dict(mapping=np.zeros(3)), "a mapping is a pair"),
     (dict(mapping=(np.zeros((1, 2), int),) * 2, mask=np.zeros(SIZE[::-1])), "the editable mask is empty"),
-    (dict(mapping=(np.zeros((1, 2), int),) * 2, mask=np.ones((10, 10))), "must be a (150, 200) array"),
+    (dict(mapping=(np.zeros((1, 2), int),) * 2, mask=np.ones((10, 10))), "mask is 10x10 but the photo is 200x150"),
 ])
 def test_edit_inputs_are_checked(kwargs, fragment):
     args = {"regions": None, "mapping": None, "mask": None, **kwargs}
