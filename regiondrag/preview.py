@@ -87,10 +87,19 @@ def _point_shapes(region: PointPairs, points: np.ndarray, image_size) -> np.ndar
 
 
 def _spread(handle_xy: np.ndarray, target_xy: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most MAX_ARROWS pairs, evenly spread: targets on a lattice of at least `stride` cells."""
+    """At most MAX_ARROWS pairs, evenly spread: targets on a lattice of at least `stride` cells.
+
+    One arrow per target cell (pairs may share one); the lattice widens until few enough
+    remain, which ends at the latest once only cell (0, 0) lies on it.
+    """
+    if len(target_xy) == 0:
+        return handle_xy, target_xy
+    _, first = np.unique(target_xy, axis=0, return_index=True)
+    handle_xy, target_xy = handle_xy[np.sort(first)], target_xy[np.sort(first)]
+    stride = max(stride, 1)
     while True:
         on_lattice = (target_xy % stride == 0).all(1)
-        if on_lattice.sum() <= MAX_ARROWS:
+        if on_lattice.sum() <= MAX_ARROWS or stride > target_xy.max():
             return handle_xy[on_lattice], target_xy[on_lattice]
         stride += 1
 

@@ -1,4 +1,7 @@
 """Preview: a readable PNG of the regions and the mapping over the photo."""
+import contextlib
+import signal
+
 import numpy as np
 from PIL import Image
 
@@ -45,3 +48,45 @@ def test_preview_draws_every_kind_and_accepts_arrays():
     assert out.size == (240, 176) and out.mode == "RGB"
     changed = np.abs(np.asarray(out).astype(int) - image).sum(-1) > 0
     assert changed[40:60, 40:60].mean() > 0.9 and changed[110:140, 160:200].mean() > 0.9
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (rather than hang the run) when the body does not finish in time."""
+    def expire(*_):
+        raise TimeoutError(f"did not finish in {seconds} s")
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_many_pairs_on_one_target_cell_finish_with_one_arrow():
+    """41 pairs onto one cell (the arrow lattice could never thin them below MAX_ARROWS): issue 13."""
+    from regiondrag.preview import MAX_ARROWS, _spread
+
+    handle = np.stack([np.arange(MAX_ARROWS + 1), np.zeros(MAX_ARROWS + 1, int)], 1)
+    with deadline(20):
+        h, t = _spread(handle, np.zeros((MAX_ARROWS + 1, 2), int), 3)
+    assert t.tolist() == [[0, 0]] and h.tolist() == [[0, 0]]  # one arrow, the first pair's
+
+
+def test_preview_of_41_point_pairs_onto_one_point_finishes():
+    image = photo()
+    # all onto latent cell (0, 0), which lies on every lattice
+    regions = [PointPairs(np.array([[10.0 + 4 * i, 40.0] for i in range(41)]), np.full((41, 2), 3.0), radius=0.0)]
+    with deadline(20):
+        out = draw_preview(image, regions, dense_mapping(regions, image.size))
+    assert out.size == image.size
+
+
+def test_spread_keeps_an_even_subset_of_distinct_targets():
+    from regiondrag.preview import MAX_ARROWS, _spread
+
+    target = np.stack(np.meshgrid(np.arange(30), np.arange(20)), -1).reshape(-1, 2)
+    h, t = _spread(target + 1, target, 1)
+    assert 0 < len(t) <= MAX_ARROWS and (h == t + 1).all()
+    assert len({tuple(x) for x in t}) == len(t) and t[:, 0].max() - t[:, 0].min() >= 15  # spread, not clustered
