@@ -1,131 +1,287 @@
-"""Command line: `python -m regiondrag edit|preview ...` (see --help of each)."""
+"""Command line: `python -m regiondrag edit|preview ...` (see --help of each).
+
+Every input is checked before any model loads: the flags (one EditConfig), the output paths
+(a writable image format, none of them an input), the region file, the photo and the masks.
+A refusal is one line on stderr and exit code 2; an interrupt (Ctrl-C, SIGTERM, SIGHUP) is
+one line and exit code 128 + the signal (130, 143, 129), and leaves no partial file.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
+from .config import REFERENCE, ConfigError, EditConfig
 from .copy_paste import PASTE_SCHEDULES
 from .dragbench.reader import DatasetError, read_meta_data, region_mapping
-from .image_io import MAX_SIDE, ImageError, check_output_path, load_image, save_image_atomic, working_size
+from .image_io import ImageError, check_output_path, load_image, load_mask, save_image_atomic, working_size
 from .mapping import dense_mapping, latent_size_of
 from .preview import draw_preview
-from .regions import RegionError, regions_from_json
+from .regions import RegionError, check_edit_inputs, mask_files, read_region_file, regions_from_json
 
+__version__ = "0.1.0"  # setup.cfg reads it from here
+
+REGION_FORMAT = """\
+region file (--regions): JSON, {"pairs": [PAIR, ...]}, the pairs applied together; a PAIR is one of
+  {"kind": "masks", "handle": MASK, "target": MASK}          brush masks: handle stretched onto target
+  {"kind": "polygons", "handle": [[x, y], ...], "target": [[x, y], ...]}
+                                                            3 (affine) or 4 (perspective) vertices each side
+  {"kind": "region_points", "region": MASK, "handle": [[x, y], ...], "target": [[x, y], ...]}
+                                                            a region dragged by point pairs inside it
+  {"kind": "points", "handle": [[x, y], ...], "target": [[x, y], ...], "radius": 16, "shape": "disk"}
+                                                            a disk (or "square") around each point moves
+MASK: a PNG path relative to the JSON file, the photo's size (the region: where alpha > 0 if it has
+alpha, else where it is not black), or {"polygon": [[x, y], ...]}. Coordinates are pixels of the photo
+as displayed (EXIF orientation applied): x right, y down, from the top-left corner.
+--regions may instead be a DragBench meta_data_region.pkl (dense pairs, prompt and editable mask).
+
+Exit codes: 0 written; 2 a refused input (one line on stderr says what and how to fix it);
+130 / 143 / 129 interrupted by Ctrl-C / SIGTERM / SIGHUP (no partial file is left).
+"""
 
 
 class UsageError(ValueError):
     """A command line that cannot be run as given."""
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is, so that cleanup (temporary files) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the whole usage too: one line instead
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help (flags whose default is 'not given' say it in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _path(text: str) -> Path:
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"path {text!r} has a NUL byte")
+    return Path(text)
+
+
 def _add_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", required=True, type=Path, help="the photo to edit (PNG, JPEG, ...)")
-    p.add_argument("--regions", required=True, type=Path,
-                   help="region file: our JSON format (see README), or a DragBench meta_data_region.pkl")
-    p.add_argument("--out", required=True, type=Path, help="where to write the result (PNG or JPEG)")
-    p.add_argument("--max-side", type=int, default=MAX_SIDE, help="long side the model works at (default %(default)s)")
+    p.add_argument("--image", required=True, type=_path, help="the photo to edit (PNG, JPEG, ...)")
+    p.add_argument("--regions", required=True, type=_path,
+                   help="region file: our JSON format (below), or a DragBench meta_data_region.pkl")
+    p.add_argument("--out", required=True, type=_path, help="where to write the result (.png or .jpg)")
+    p.add_argument("--max-side", type=int, help=f"long side the model works at, 8 ... 4096 "
+                                                f"(default: {REFERENCE.max_side})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import config as C
-    from . import pipeline as P
+    from weights.hub import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="python -m regiondrag", description=__doc__)
+    from .config import GRIDS, METHODS
+    from .pipeline import DTYPES
+
+    parser = _Parser(prog="python -m regiondrag", description=__doc__, epilog=REGION_FORMAT, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = dict(epilog=REGION_FORMAT, formatter_class=_Help)
 
-    e = sub.add_parser("edit", help="drag the handle regions' content to the target regions")
+    e = sub.add_parser("edit", help="drag the handle regions' content to the target regions", **common)
     _add_inputs(e)
-    e.add_argument("--prompt", default=None, help="text prompt (default: empty, or the DragBench file's)")
-    e.add_argument("--mask", type=Path, help="editable-area mask PNG (non-zero = may change)")
-    e.add_argument("--weights", default=None,
-                   help="SD weights: diffusers folder, single-file checkpoint, or hub id (default: SD1.5)")
-    e.add_argument("--ip-adapter", default=None,
-                   help="IP-Adapter-Plus source (e.g. h94/IP-Adapter or a local folder); the reference uses it")
-    e.add_argument("--ip-scale", type=float, default=C.IP_SCALE)
+    e.add_argument("--prompt", help="text prompt (default: empty, or the DragBench file's)")
+    e.add_argument("--mask", type=_path, help="editable-area mask PNG, the photo's size: alpha > 0 if it has alpha, "
+                                              "else not black, may change (default: the whole photo)")
+    e.add_argument("--weights", help=f"SD weights: diffusers folder, single-file checkpoint, or hub id "
+                                     f"(default: {DEFAULT_MODEL})")
+    e.add_argument("--ip-adapter", help="IP-Adapter-Plus source (e.g. h94/IP-Adapter or a local folder); the "
+                                        "reference uses it (default: none)")
+    e.add_argument("--ip-scale", type=float, help=f"image-prompt scale, with --ip-adapter (default: {REFERENCE.ip_scale})")
     e.add_argument("--ip-plain-tokens", action="store_true",
-                   help="IP-Adapter's own 16 image tokens instead of the reference's 32 (zero image + photo)")
-    e.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    e.add_argument("--dtype", choices=P.DTYPES, default=None, help="default: fp16 on GPU, fp32 on CPU")
-    e.add_argument("--steps", type=int, default=C.STEPS)
-    e.add_argument("--start-t", type=float, default=C.START_T)
-    e.add_argument("--end-t", type=float, default=C.END_T)
-    e.add_argument("--noise-scale", type=float, default=C.NOISE_SCALE)
-    e.add_argument("--seed", type=int, default=C.SEED)
-    e.add_argument("--method", choices=C.METHODS, default="encode_then_cp")
-    e.add_argument("--grid", choices=C.GRIDS, default="reference")
-    e.add_argument("--paste-schedule", choices=PASTE_SCHEDULES, default="every_step")
+                   help="with --ip-adapter: its own 16 image tokens instead of the reference's 32 (zero image + photo)")
+    e.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    e.add_argument("--dtype", choices=DTYPES, help="default: fp16 on GPU, fp32 on CPU")
+    e.add_argument("--steps", type=int, help=f"timestep grid of the whole diffusion (default: {REFERENCE.steps})")
+    e.add_argument("--start-t", type=float, help=f"fraction of the grid inverted and denoised, in (0, 1) "
+                                                 f"(default: {REFERENCE.start_t})")
+    e.add_argument("--end-t", type=float, help=f"with --paste-schedule until_end_t: where copy-paste stops, in [0, 1] "
+                                               f"(default: {REFERENCE.end_t})")
+    e.add_argument("--noise-scale", type=float, help=f"handle noise, in [0, 1] (default: {REFERENCE.noise_scale})")
+    e.add_argument("--seed", type=int, help=f"0 ... 2**64 - 1 (default: {REFERENCE.seed})")
+    e.add_argument("--method", choices=METHODS, help=f"(default: {REFERENCE.method})")
+    e.add_argument("--grid", choices=GRIDS, help=f"(default: {REFERENCE.grid})")
+    e.add_argument("--paste-schedule", choices=PASTE_SCHEDULES, help=f"(default: {REFERENCE.paste_schedule})")
     e.add_argument("--no-attention-swap", action="store_true", help="ablation: plain self-attention")
-    e.add_argument("--point-fraction", type=float, default=1.0, help="ablation: keep this fraction of pairs")
-    e.add_argument("--preview-out", type=Path, help="also save CP-then-Encode's copy-pasted preview here")
+    e.add_argument("--point-fraction", type=float, help=f"ablation: keep this fraction of pairs, in (0, 1] "
+                                                        f"(default: {REFERENCE.point_fraction})")
+    e.add_argument("--preview-out", type=_path, help="with --method cp_then_encode: also save its copy-pasted preview")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    v = sub.add_parser("preview", help="draw the regions and their dense mapping over the photo (no model)")
+    v = sub.add_parser("preview", help="draw the regions and their dense mapping over the photo (no model)", **common)
     _add_inputs(v)
     return parser
 
 
-def _check_outputs(args: argparse.Namespace, *outputs: Optional[Path]) -> None:
-    inputs = {p.resolve() for p in (args.image, args.regions, getattr(args, "mask", None)) if p is not None}
+# EditConfig fields set by a flag of the same name; a flag not given keeps REFERENCE's value
+CONFIG_FLAGS = ("steps", "start_t", "end_t", "noise_scale", "seed", "method", "ip_scale", "grid", "paste_schedule",
+                "point_fraction", "max_side")
+
+
+def edit_config(args: argparse.Namespace) -> EditConfig:
+    """The EditConfig the flags describe; a setting out of range is a UsageError naming its flag."""
+    from .attention_swap import AttentionSwap
+
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name, None) is not None}
+    try:
+        return REFERENCE.replace(**given, attention_swap=AttentionSwap(enabled=not getattr(args, "no_attention_swap",
+                                                                                              False)))
+    except ConfigError as e:
+        raise UsageError(f"--{e.field.replace('_', '-')}: {e}") from None
+
+
+def _check_edit_flags(args: argparse.Namespace, config: EditConfig) -> None:
+    """Flags that would be silently ignored, and a device that cannot be used."""
+    needs = [(args.preview_out is not None and config.method != "cp_then_encode", "--preview-out",
+              "--method cp_then_encode (only it makes a preview)"),
+             (args.ip_scale is not None and not args.ip_adapter, "--ip-scale", "--ip-adapter"),
+             (args.ip_plain_tokens and not args.ip_adapter, "--ip-plain-tokens", "--ip-adapter"),
+             (args.end_t is not None and config.paste_schedule != "until_end_t", "--end-t",
+              "--paste-schedule until_end_t (the only schedule that reads it)")]
+    for ignored, flag, needed in needs:
+        if ignored:
+            raise UsageError(f"{flag} has no effect without {needed}; add that or drop {flag}")
+    if args.device is not None:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise UsageError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use --device cpu")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same path after resolving links, or the same file by identity (hard links, bind mounts)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return os.path.samefile(a, b)
+    except (OSError, RuntimeError):  # one of them does not exist (yet), or a symlink loop
+        return False
+
+
+def _check_outputs(outputs: list[Optional[Path]], inputs: list[Path]) -> None:
+    outputs = [out for out in outputs if out is not None]
     for out in outputs:
-        if out is not None and out.resolve() in inputs:
-            raise UsageError(f"refusing to overwrite the input {out}; choose another output path")
-        if out is not None:
-            check_output_path(out)  # an unknown extension fails now, not after the edit
+        for path in inputs:
+            if _same_file(out, path):
+                raise UsageError(f"refusing to overwrite the input {path} with the output {out}; "
+                                 f"choose another output path")
+        check_output_path(out)  # an unwritable format or place fails now, not after the edit
+    if len(outputs) == 2 and _same_file(*outputs):
+        raise UsageError(f"--out and --preview-out are both {outputs[0]}; give two different paths")
 
 
-def _read_regions(args: argparse.Namespace, photo_size):
-    """(regions, mapping, prompt, mask) from our JSON or a DragBench pickle."""
-    if args.regions.suffix == ".pkl":
-        meta = read_meta_data(args.regions)
-        return None, region_mapping(meta, photo_size, working_size(*photo_size, args.max_side)), meta.prompt, meta.mask
-    return regions_from_json(args.regions, photo_size), None, None, None
+def _read_inputs(args: argparse.Namespace, outputs: list[Optional[Path]]):
+    """(photo, regions, mapping, prompt, mask): every input read and checked, outputs checked first."""
+    pickled = args.regions.suffix == ".pkl"
+    meta = read_meta_data(args.regions) if pickled else None
+    doc = None if pickled else read_region_file(args.regions)
+    mask_path = getattr(args, "mask", None)
+    inputs = [args.image, args.regions, *([mask_path] if mask_path else []),
+              *([] if pickled else mask_files(doc, args.regions.parent))]
+    _check_outputs(outputs, inputs)
+    photo = load_image(args.image)
+    work_size = working_size(*photo.size, args.config.max_side)
+    if pickled:
+        regions, mapping, prompt, mask = None, region_mapping(meta, photo.size, work_size), meta.prompt, meta.mask
+    else:
+        regions, mapping, prompt, mask = regions_from_json(doc, photo.size, args.regions.parent), None, None, None
+    if mask_path is not None:
+        mask = load_mask(mask_path, "--mask file")
+    check_edit_inputs(regions, mapping, mask, photo.size, latent_size_of(work_size))
+    return photo, regions, mapping, prompt, mask
 
 
 def run_preview(args: argparse.Namespace) -> Path:
-    _check_outputs(args, args.out)
-    photo = load_image(args.image)
-    regions, mapping, _, _ = _read_regions(args, photo.size)
-    if regions is None:
+    args.config = edit_config(args)
+    if args.regions.suffix == ".pkl":
         raise UsageError("preview draws region files; a DragBench pickle holds only mapped pairs")
-    latent = latent_size_of(working_size(*photo.size, args.max_side))  # the grid the edit maps on
+    photo, regions, _, _, _ = _read_inputs(args, [args.out])
+    latent = latent_size_of(working_size(*photo.size, args.config.max_side))  # the grid the edit maps on
     return save_image_atomic(draw_preview(photo, regions, dense_mapping(regions, photo.size, latent), latent), args.out)
 
 
 def run_edit(args: argparse.Namespace) -> Path:
-    from .attention_swap import AttentionSwap
-    from .config import EditConfig
     from .pipeline import DTYPES, RegionDragPipeline
 
-    _check_outputs(args, args.out, args.preview_out)
-    photo = load_image(args.image)
-    regions, mapping, prompt, mask = _read_regions(args, photo.size)
-    if args.mask is not None:
-        mask = np.asarray(load_image(args.mask).convert("L")) > 0
+    args.config = edit_config(args)
+    _check_edit_flags(args, args.config)
+    photo, regions, mapping, prompt, mask = _read_inputs(args, [args.out, args.preview_out])
     pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=args.ip_adapter,
                                               ip_reference_layout=not args.ip_plain_tokens, device=args.device,
                                               dtype=DTYPES.get(args.dtype))
-    config = EditConfig(steps=args.steps, start_t=args.start_t, end_t=args.end_t, noise_scale=args.noise_scale,
-                        seed=args.seed, method=args.method, ip_scale=args.ip_scale, grid=args.grid,
-                        paste_schedule=args.paste_schedule, attention_swap=AttentionSwap(enabled=not args.no_attention_swap),
-                        point_fraction=args.point_fraction, max_side=args.max_side)
     result = pipe.edit(photo, regions, args.prompt if args.prompt is not None else (prompt or ""), mask,
-                       mapping=mapping, config=config, progress=not args.quiet)
-    if args.preview_out is not None and result.preview is not None:
+                       mapping=mapping, config=args.config, progress=not args.quiet)
+    if args.preview_out is not None:
         save_image_atomic(result.preview, args.preview_out)
     return save_image_atomic(result.image, args.out)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextmanager
+def _signals_raise():
+    """SIGTERM and SIGHUP raise Interrupted (as Ctrl-C raises KeyboardInterrupt) while the command runs."""
+    if threading.current_thread() is not threading.main_thread():  # signals can be set in the main thread only
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _error(message: str) -> None:
+    print("error: " + re.sub(r"\s*\n\s*", " ", message.strip()), file=sys.stderr)  # one line, always
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     import weights
 
-    args = build_parser().parse_args(argv)
     try:
-        out = run_edit(args) if args.command == "edit" else run_preview(args)
-    except (RegionError, DatasetError, ImageError, UsageError, weights.WeightsError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        with _signals_raise():
+            args = build_parser().parse_args(argv)
+            out = run_edit(args) if args.command == "edit" else run_preview(args)
+    except KeyboardInterrupt:
+        _error("interrupted (Ctrl-C); no partial output was left")
+        return 128 + signal.SIGINT
+    except Interrupted as e:
+        _error(f"stopped by {signal.Signals(e.signum).name}; no partial output was left")
+        return 128 + e.signum
+    except (RegionError, DatasetError, ImageError, UsageError, ConfigError, weights.WeightsError,
+            FloatingPointError) as e:
+        _error(str(e))
         return 2
     print(f"wrote {out}")
     return 0

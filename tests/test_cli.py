@@ -83,7 +83,8 @@ def test_refuses_to_overwrite_the_input(capsys, tmp_path, command, which):
     # the same file, spelt another way
     same = tmp_path / "sub" / ".." / "photo.png"
     (tmp_path / "sub").mkdir()
-    outputs = ["--out", same] if which == "out" else ["--out", tmp_path / "o.png", "--preview-out", same]
+    outputs = (["--out", same] if which == "out" else
+               ["--out", tmp_path / "o.png", "--preview-out", same, "--method", "cp_then_encode"])
     code, out, err = run(capsys, command, "--image", image, "--regions", regions, *outputs,
                          *(["--weights", tmp_path / "unused"] if command == "edit" else []), "--max-side", "64")
     assert_one_line_error(code, out, err, "refusing to overwrite the input", "choose another output path")
@@ -207,7 +208,7 @@ def test_unknown_output_extension_fails_before_any_model_loads(capsys, tmp_path)
 def test_max_side_below_one_latent_cell_is_a_clear_error(capsys, tmp_path):
     code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS,
                          "--out", tmp_path / "p.png", "--max-side", "0")
-    assert_one_line_error(code, out, err, "max_side must be at least 8")
+    assert_one_line_error(code, out, err, "--max-side: max_side=0 must be a whole number of pixels in 8 ... 4096")
 
 
 def test_edit_reads_a_dragbench_region_pickle(capsys, tmp_path, tiny_sd_folder):
@@ -234,5 +235,6 @@ def test_a_pickle_that_runs_code_is_refused_in_one_line(capsys, tmp_path):
 
     pkl = tmp_path / "meta_data_region.pkl"
     pkl.write_bytes(pickle.dumps({"prompt": "", "points": Exploit(), "mask": None}))
-    code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", pkl, "--out", tmp_path / "p.png")
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", pkl, "--out", tmp_path / "p.png",
+                         "--weights", tmp_path / "never_loaded")
     assert_one_line_error(code, out, err, "refusing to load", "system")
