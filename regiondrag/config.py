@@ -81,6 +81,10 @@ class EditConfig:
             raise ConfigError("start_t", self.start_t, f"inverts int(start_t * steps) = "
                               f"{int(self.start_t * self.steps)} steps of {self.steps}; it must be 1 ... "
                               f"{self.steps - 1}: use start_t >= {1 / self.steps:g} or more steps")
+        grid = self.timestep_grid()
+        if max(t for step in grid.inversion + grid.denoising for t in step) >= TRAIN_TIMESTEPS:
+            raise ConfigError("steps", self.steps, "", f"steps={self.steps} with start_t={self.start_t} steps past the "
+                              f"last training timestep ({TRAIN_TIMESTEPS - 1}); use more steps or a smaller start_t")
         for name, low, high, closed in (("end_t", 0, 1, True), ("noise_scale", 0, 1, True),
                                         ("point_fraction", 0, 1, False), ("ip_scale", 0, math.inf, True)):
             value = getattr(self, name)

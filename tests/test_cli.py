@@ -238,3 +238,282 @@ def test_a_pickle_that_runs_code_is_refused_in_one_line(capsys, tmp_path):
     code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", pkl, "--out", tmp_path / "p.png",
                          "--weights", tmp_path / "never_loaded")
     assert_one_line_error(code, out, err, "refusing to load", "system")
+
+
+# -- issue 13: no input is overwritten, flags are checked before the model, one line for everything ----
+
+import hashlib  # noqa: E402
+import signal  # noqa: E402
+import textwrap  # noqa: E402
+
+NEVER_LOADED = ["--weights", "/nonexistent/never_loaded"]  # reaching the model would say "no checkpoint"
+
+
+def digest(*paths) -> list[str]:
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+
+
+def mask_regions(tmp_path) -> tuple[Path, Path, Path]:
+    """A photo, a region JSON that references two mask PNGs (one in a subfolder), and that JSON's path."""
+    image = tmp_path / "photo.png"
+    shutil.copy(CHELSEA, image)
+    w, h = Image.open(CHELSEA).size
+    m = np.zeros((h, w), np.uint8)
+    m[100:160, 200:260] = 255
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(m).save(tmp_path / "masks" / "handle.png")
+    Image.fromarray(np.roll(m, 40, 1)).save(tmp_path / "target.png")
+    regions = write_regions(tmp_path, {"pairs": [{"kind": "masks", "handle": "masks/handle.png",
+                                                  "target": "target.png"}]})
+    return image, regions, tmp_path / "masks" / "handle.png"
+
+
+@pytest.mark.parametrize("command", ["edit", "preview"])
+@pytest.mark.parametrize("target", ["handle_mask", "target_mask", "json", "hard_link_of_image", "symlink_to_mask",
+                                    "editable_mask"])
+def test_out_may_not_name_any_input(capsys, tmp_path, command, target):
+    image, regions, handle_mask = mask_regions(tmp_path)
+    editable = tmp_path / "editable.png"
+    Image.fromarray(np.full(Image.open(image).size[::-1], 255, np.uint8)).save(editable)
+    inputs = [image, regions, handle_mask, tmp_path / "target.png", editable]
+    before = digest(*inputs)
+    out = {"handle_mask": handle_mask, "target_mask": tmp_path / "sub" / ".." / "target.png", "json": regions,
+           "hard_link_of_image": tmp_path / "linked.png", "symlink_to_mask": tmp_path / "link.png",
+           "editable_mask": editable}[target]
+    if target == "hard_link_of_image":
+        os.link(image, out)
+    if target == "symlink_to_mask":
+        os.symlink(handle_mask, out)
+    (tmp_path / "sub").mkdir()
+    extra = ["--mask", editable, *NEVER_LOADED] if command == "edit" else []
+    if target == "editable_mask" and command == "preview":
+        pytest.skip("preview reads no editable mask")
+    code, stdout, err = run(capsys, command, "--image", image, "--regions", regions, "--out", out, *extra)
+    assert_one_line_error(code, stdout, err, "refusing to overwrite the input", "choose another output path")
+    assert digest(*inputs) == before
+
+
+def test_out_may_not_name_the_dragbench_pickle(capsys, tmp_path):
+    import pickle
+
+    w, h = Image.open(CHELSEA).size
+    pkl = tmp_path / "meta_data_region.pkl"
+    pkl.write_bytes(pickle.dumps({"prompt": "", "points": [(200, 100), (240, 100)], "mask": np.ones((h, w), np.uint8)}))
+    before = digest(pkl)
+    os.link(pkl, tmp_path / "same.png")
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", pkl, "--out", tmp_path / "same.png",
+                         *NEVER_LOADED)
+    assert_one_line_error(code, out, err, "refusing to overwrite the input")
+    assert digest(pkl) == before
+
+
+def test_out_and_preview_out_must_differ(capsys, tmp_path):
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "a.png",
+                         "--preview-out", tmp_path / "a.png", "--method", "cp_then_encode", *NEVER_LOADED)
+    assert_one_line_error(code, out, err, "--out and --preview-out are both")
+
+
+BAD_FLAGS = {
+    "steps_0": (["--steps", "0"], "--steps: steps=0 must be a whole number in 2 ... 1000"),
+    "steps_1": (["--steps", "1"], "--steps: steps=1"),
+    "steps_2": (["--steps", "2"], "--steps: steps=2 with start_t=0.5 steps past the last training timestep (999)"),
+    "steps_word": (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
+    "start_t_0": (["--start-t", "0"], "--start-t: start_t=0.0 must be a number strictly between 0 and 1"),
+    "start_t_1": (["--start-t", "1.0"], "--start-t: start_t=1.0 must be"),
+    "start_t_1.5": (["--start-t", "1.5"], "--start-t: start_t=1.5"),
+    "start_t_nan": (["--start-t", "nan"], "--start-t: start_t=nan"),
+    "start_t_inf": (["--start-t", "inf"], "--start-t: start_t=inf"),
+    "start_t_no_step": (["--start-t", "0.01"], "inverts int(start_t * steps) = 0 steps of 20"),
+    "end_t_nan": (["--end-t", "nan", "--paste-schedule", "until_end_t"], "--end-t: end_t=nan"),
+    "end_t_ignored": (["--end-t", "0.3"], "--end-t has no effect without --paste-schedule until_end_t"),
+    "noise_negative": (["--noise-scale", "-0.5"], "--noise-scale: noise_scale=-0.5"),
+    "seed_2_64": (["--seed", str(2**64)], "--seed: seed=18446744073709551616 must be a whole number in 0 ... 2**64 - 1"),
+    "seed_negative": (["--seed", "-1"], "--seed: seed=-1"),
+    "point_fraction": (["--point-fraction", "1.5"], "--point-fraction: point_fraction=1.5 must be"),
+    "max_side_huge": (["--max-side", "100000"], "--max-side: max_side=100000"),
+    "preview_out_ignored": (["--preview-out", "p.png"], "--preview-out has no effect without --method cp_then_encode"),
+    "ip_scale_ignored": (["--ip-scale", "0.7"], "--ip-scale has no effect without --ip-adapter"),
+    "ip_plain_ignored": (["--ip-plain-tokens"], "--ip-plain-tokens has no effect without --ip-adapter"),
+    "device_space": (["--device", "cpu "], "--device 'cpu ' is not a device"),
+    "device_tpu": (["--device", "meta"], "--device 'meta': use cpu, cuda or cuda:N"),
+    "unknown_flag": (["--stepz", "3"], "unrecognized arguments: --stepz 3"),
+    "bad_choice": (["--method", "magic"], "argument --method: invalid choice: 'magic'"),
+    "out_xbm": (["--out", "x.xbm"], "cannot write an RGB image as XBM"),
+    "out_palm": (["--out", "x.palm"], "cannot write an RGB image as PALM"),
+    "out_msp": (["--out", "x.msp"], "cannot write an RGB image as MSP"),
+    "out_folder": (["--out", "."], "is a folder"),
+    "nul_in_path": (["--mask", "a\0b.png"], "has a NUL byte"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_bad_flags_are_refused_before_any_model_loads(capsys, tmp_path, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    flags, fragment = BAD_FLAGS[case]
+    out = [] if "--out" in flags else ["--out", tmp_path / "out.png"]
+    code, stdout, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, *out, *flags,
+                            *NEVER_LOADED)
+    assert_one_line_error(code, stdout, err, fragment)
+    assert os.listdir(tmp_path) == []
+
+
+def test_valid_flags_reach_the_model(capsys, tmp_path):
+    """The same checks let a valid command through: it fails only where the weights are loaded."""
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png",
+                         "--steps", "3", "--start-t", "0.5", "--seed", str(2**64 - 1), "--end-t", "0.3",
+                         "--paste-schedule", "until_end_t", "--device", "cpu", *NEVER_LOADED)
+    assert_one_line_error(code, out, err, "no checkpoint file or folder at")
+
+
+def test_edit_with_the_fewest_steps_runs(capsys, tmp_path, tiny_sd_folder):
+    code, _, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png",
+                       "--weights", tiny_sd_folder, *FAST[:-2], "--steps", "3")
+    assert code == 0, err
+
+
+def test_help_describes_the_region_format_and_every_default():
+    import argparse
+
+    from regiondrag.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert '{"pairs": [PAIR, ...]}' in text and '"kind": "polygons"' in text and "alpha > 0" in text
+        for action in command._actions:
+            if action.option_strings and not action.required and not isinstance(
+                    action, (argparse._HelpAction, argparse._StoreTrueAction)):
+                assert "default" in (action.help or ""), (name, action.option_strings)
+        assert "(default: 20)" in text or name == "preview"
+        assert "(default: 512)" in text
+
+
+def test_version():
+    proc = subprocess.run([sys.executable, "-m", "regiondrag", "--version"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "python -m regiondrag 0.1.0"
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("png_as_regions.json", CHELSEA.read_bytes(), "is not UTF-8 text"),
+    ("deep.json", b"[" * 50_000, "nests JSON values too deeply"),
+    ("nan.json", b'{"pairs": [{"kind": "points", "handle": [["NaN", 1]], "target": [[1, 1]]}]}',
+     "coordinate must be a finite number, got 'NaN'"),
+    ("unhashable.json", b'{"pairs": [{"kind": {"a": 1}, "handle": [[1, 1]], "target": [[1, 1]]}]}', "unknown kind"),
+    ("huge_int.json", b'{"pairs": [{"kind": "points", "handle": [[1' + b"0" * 400 + b', 1]], "target": [[1, 1]]}]}',
+     "must be a finite number"),
+    ("radius.json", b'{"pairs": [{"kind": "points", "handle": [[1, 1]], "target": [[9, 9]], "radius": 30000}]}',
+     "larger than the photo's diagonal"),
+    ("million.json", json.dumps({"pairs": [dict(kind="points", handle=[[1, 1]] * 10**6, target=[[2, 2]] * 10**6)]})
+     .encode(), "more than a region file holds"),
+])
+def test_region_files_that_crashed_are_one_line(capsys, tmp_path, name, content, fragment):
+    path = tmp_path / name
+    path.write_bytes(content)
+    code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", path, "--out", tmp_path / "o.png")
+    assert_one_line_error(code, out, err, fragment)
+
+
+def test_a_decompression_bomb_photo_is_one_line(capsys, tmp_path):
+    import struct
+    import zlib
+
+    data = bytearray(CHELSEA.read_bytes())
+    data[16:24] = struct.pack(">II", 200_000, 200_000)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bytes(data))
+    code, out, err = run(capsys, "preview", "--image", bomb, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png")
+    assert_one_line_error(code, out, err, "bomb.png", "pixels; downscale it")
+
+
+def test_41_pairs_onto_one_cell_preview_finishes(capsys, tmp_path):
+    regions = write_regions(tmp_path, {"pairs": [dict(kind="points", handle=[[10 + 5 * i, 100] for i in range(41)],
+                                                      target=[[3, 3]] * 41, radius=0)]})
+    code, _, err = run(capsys, "preview", "--image", CHELSEA, "--regions", regions, "--out", tmp_path / "p.png")
+    assert code == 0, err
+
+
+def test_exif_rotated_photo_takes_displayed_coordinates(capsys, tmp_path):
+    """Stored 451 x 300 with Orientation=6: displayed 300 x 451, so y = 400 is inside it; the preview is upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "rotated.jpg"
+    Image.open(CHELSEA).convert("RGB").save(photo, exif=exif)
+    regions = write_regions(tmp_path, {"pairs": [dict(kind="points", handle=[[150, 400]], target=[[150, 360]])]})
+    code, _, err = run(capsys, "preview", "--image", photo, "--regions", regions, "--out", tmp_path / "p.png")
+    assert code == 0, err
+    assert Image.open(tmp_path / "p.png").size == (300, 451)
+
+
+def test_an_empty_editable_mask_is_refused(capsys, tmp_path):
+    mask = tmp_path / "mask.png"
+    Image.new("L", Image.open(CHELSEA).size, 0).save(mask)
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--mask", mask,
+                         "--out", tmp_path / "o.png", *NEVER_LOADED)
+    assert_one_line_error(code, out, err, "the editable mask is empty")
+
+
+def test_an_rgba_editable_mask_reads_its_alpha(capsys, tmp_path, tiny_sd_folder):
+    """White paint everywhere, opaque only over the regions: outside them the photo stays as it was."""
+    w, h = Image.open(CHELSEA).size
+    rgba = np.full((h, w, 4), 255, np.uint8)
+    rgba[..., 3] = 0
+    rgba[100:290, 230:370, 3] = 255
+    mask = tmp_path / "mask.png"
+    Image.fromarray(rgba).save(mask)
+    out = tmp_path / "o.png"
+    code, _, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--mask", mask, "--out", out,
+                       "--weights", tiny_sd_folder, *FAST)
+    assert code == 0, err
+    changed = (photo_array(out) != photo_array(CHELSEA)).any(-1)
+    assert changed[100:290, 230:370].mean() > 0.5 and not changed[:90].any() and not changed[:, :220].any()
+
+
+def test_outputs_have_the_umask_permissions(capsys, tmp_path):
+    old = os.umask(0o027)
+    try:
+        code, _, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out",
+                           tmp_path / "p.png")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (tmp_path / "p.png").stat().st_mode & 0o777 == 0o640
+
+
+# A preview whose PNG encoder stalls halfway through writing: the test signals it there.
+STALLING_PREVIEW = textwrap.dedent("""
+    import sys, time
+    from PIL import Image
+    real_save = Image.Image.save
+    def stalling_save(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        if hasattr(fp, "name"):  # the output file, not the up-front format check
+            fp.flush()
+            print("saving", flush=True)
+            time.sleep(60)
+    Image.Image.save = stalling_save
+    from regiondrag.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("signum, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP"),
+                                                (signal.SIGINT, 130, "Ctrl-C")])
+def test_a_signal_during_the_save_leaves_no_file(tmp_path, signum, code, name):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", STALLING_PREVIEW, "preview", "--image", str(CHELSEA),
+                             "--regions", str(CHELSEA_REGIONS), "--out", str(out_dir / "p.png")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "saving\n"
+        assert len(os.listdir(out_dir)) == 1  # the temporary file, half written
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and name in err and "Traceback" not in err, err
+    assert os.listdir(out_dir) == []
