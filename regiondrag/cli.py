@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-attention-swap", action="store_true", help="ablation: plain self-attention")
     e.add_argument("--point-fraction", type=float, help=f"ablation: keep this fraction of pairs, in (0, 1] "
                                                         f"(default: {REFERENCE.point_fraction})")
-    e.add_argument("--preview-out", type=_path, help="with --method cp_then_encode: also save its copy-pasted preview")
+    e.add_argument("--preview-out", type=_path, help="with --method cp_then_encode: also save its copy-pasted preview here (default: not saved)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     v = sub.add_parser("preview", help="draw the regions and their dense mapping over the photo (no model)", **common)
