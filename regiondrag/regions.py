@@ -285,17 +285,17 @@ def _keys(cls: type) -> tuple[set[str], set[str]]:
             {f.name for f in fields if f.default is not dataclasses.MISSING})
 
 
-def regions_from_json(path_or_dict: Union[str, os.PathLike, Mapping], image_size: ImageSize,
+def regions_from_json(path_or_dict: Union[str, os.PathLike, Mapping, object], image_size: ImageSize,
                       base_dir: Union[str, os.PathLike, None] = None) -> list[Region]:
     """Parse and validate a region file (or its already-loaded dict) for an image of image_size.
 
     Mask paths resolve against the JSON file's folder, or base_dir (default: the current
     folder) for a dict.
     """
-    if isinstance(path_or_dict, Mapping):
-        doc, base = path_or_dict, Path(base_dir or ".")
-    else:
+    if isinstance(path_or_dict, (str, os.PathLike)):
         doc, base = read_region_file(path_or_dict), Path(base_dir or Path(path_or_dict).parent)
+    else:  # an already-loaded JSON document (checked as a file's would be)
+        doc, base = path_or_dict, Path(base_dir or ".")
     regions = [_parse_pair(i, pair, image_size, base) for i, pair in enumerate(_pairs(doc))]
     validate_regions(regions, image_size)
     return regions
