@@ -217,6 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        p.error("--runs must be at least 1 (the numbers are medians of the runs) and --warmup at least 0")
     if args.baseline and args.ip_adapter:
         p.error("the diffusers baseline runs without the image prompt: drop --ip-adapter to compare")
 

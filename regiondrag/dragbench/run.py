@@ -334,11 +334,19 @@ def write_results_json(path: PathLike, models: Models, variants: Sequence[Varian
 SUBSET_CHOICES = {"sr": ("sr",), "dr": ("dr",), "both": tuple(SUBSETS)}
 
 
+def _positive_int(text: str) -> int:
+    """A count of at least 1 (a slice by 0 or -1 would silently drop samples)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path,
                         help="folder holding dragbench-sr/ and dragbench-dr/ (or one of the two)")
     parser.add_argument("--subset", choices=SUBSET_CHOICES, default="both")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N samples of each subset")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="only the first N samples of each subset")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_save_dir: str) -> None:
