@@ -52,6 +52,7 @@ from .unpickle import restricted_load
 SUBSETS = {"sr": "dragbench-sr", "dr": "dragbench-dr"}  # our short names -> the release's folder names
 SUBSET_TITLES = {"sr": "DragBench-SR", "dr": "DragBench-DR"}
 CATEGORY_LEVELS = {"sr": 0, "dr": 1}  # folders between the subset folder and a sample's folder
+RELEASE_SAMPLES = {"sr": 100, "dr": 205}  # samples per subset in the release (RegionDrag paper, README)
 IMAGE_FILE = "original_image.png"
 POINTS_FILE = "meta_data.pkl"
 REGION_FILE = "meta_data_region.pkl"
@@ -260,6 +261,27 @@ def find_samples(root: PathLike, subsets: Iterable[str] = tuple(SUBSETS), limit:
             for annotation in set(annotations):
                 sample.annotation(annotation)  # present, or a DatasetError naming the sample
             samples.append(sample)
+    return samples
+
+
+def find_release(folder: PathLike, depth: int = 2) -> Optional[Path]:
+    """`folder`, or the first folder at most `depth` levels below it, that holds both subset folders."""
+    folder = Path(folder)
+    if all((folder / name).is_dir() for name in SUBSETS.values()):
+        return folder
+    if depth == 0 or not folder.is_dir():
+        return None
+    return next(filter(None, (find_release(sub, depth - 1) for sub in _subfolders(folder))), None)
+
+
+def check_release(root: PathLike) -> list[Sample]:
+    """Every sample of a complete release (RELEASE_SAMPLES per subset, all files there), or a DatasetError."""
+    samples = find_samples(root)
+    for subset, expected in RELEASE_SAMPLES.items():
+        found = sum(s.subset == subset for s in samples)
+        if found != expected:
+            raise DatasetError(f"{Path(root) / SUBSETS[subset]} holds {found} samples, the release has {expected}: "
+                               "an incomplete or different copy; fetch it again into an empty folder")
     return samples
 
 
