@@ -54,10 +54,14 @@ class Sweep:
 
 
 def label(value: Any) -> str:
-    """A parameter value as a table cell and part of a setting's name: 0.5, single_step, {...}."""
+    """A parameter value as a table cell and part of a setting's name: 0.5, single_step, layers:0+1."""
     if isinstance(value, float):
         return f"{value:g}"
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{label(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "+".join(map(label, value))
+    return str(value)
 
 
 def _read(path: Path) -> Any:
