@@ -30,6 +30,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import config as C
     from . import pipeline as P
 
     parser = argparse.ArgumentParser(prog="python -m regiondrag", description=__doc__)
@@ -43,18 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SD weights: diffusers folder, single-file checkpoint, or hub id (default: SD1.5)")
     e.add_argument("--ip-adapter", default=None,
                    help="IP-Adapter-Plus source (e.g. h94/IP-Adapter or a local folder); the reference uses it")
-    e.add_argument("--ip-scale", type=float, default=P.IP_SCALE)
+    e.add_argument("--ip-scale", type=float, default=C.IP_SCALE)
     e.add_argument("--ip-plain-tokens", action="store_true",
                    help="IP-Adapter's own 16 image tokens instead of the reference's 32 (zero image + photo)")
     e.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     e.add_argument("--dtype", choices=P.DTYPES, default=None, help="default: fp16 on GPU, fp32 on CPU")
-    e.add_argument("--steps", type=int, default=P.STEPS)
-    e.add_argument("--start-t", type=float, default=P.START_T)
-    e.add_argument("--end-t", type=float, default=P.END_T)
-    e.add_argument("--noise-scale", type=float, default=P.NOISE_SCALE)
-    e.add_argument("--seed", type=int, default=P.SEED)
-    e.add_argument("--method", choices=P.METHODS, default="encode_then_cp")
-    e.add_argument("--grid", choices=P.GRIDS, default="reference")
+    e.add_argument("--steps", type=int, default=C.STEPS)
+    e.add_argument("--start-t", type=float, default=C.START_T)
+    e.add_argument("--end-t", type=float, default=C.END_T)
+    e.add_argument("--noise-scale", type=float, default=C.NOISE_SCALE)
+    e.add_argument("--seed", type=int, default=C.SEED)
+    e.add_argument("--method", choices=C.METHODS, default="encode_then_cp")
+    e.add_argument("--grid", choices=C.GRIDS, default="reference")
     e.add_argument("--paste-schedule", choices=PASTE_SCHEDULES, default="every_step")
     e.add_argument("--no-attention-swap", action="store_true", help="ablation: plain self-attention")
     e.add_argument("--point-fraction", type=float, default=1.0, help="ablation: keep this fraction of pairs")
@@ -95,6 +96,7 @@ def run_preview(args: argparse.Namespace) -> Path:
 
 def run_edit(args: argparse.Namespace) -> Path:
     from .attention_swap import AttentionSwap
+    from .config import EditConfig
     from .pipeline import DTYPES, RegionDragPipeline
 
     _check_outputs(args, args.out, args.preview_out)
@@ -105,12 +107,12 @@ def run_edit(args: argparse.Namespace) -> Path:
     pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=args.ip_adapter,
                                               ip_reference_layout=not args.ip_plain_tokens, device=args.device,
                                               dtype=DTYPES.get(args.dtype))
+    config = EditConfig(steps=args.steps, start_t=args.start_t, end_t=args.end_t, noise_scale=args.noise_scale,
+                        seed=args.seed, method=args.method, ip_scale=args.ip_scale, grid=args.grid,
+                        paste_schedule=args.paste_schedule, attention_swap=AttentionSwap(enabled=not args.no_attention_swap),
+                        point_fraction=args.point_fraction, max_side=args.max_side)
     result = pipe.edit(photo, regions, args.prompt if args.prompt is not None else (prompt or ""), mask,
-                       mapping=mapping, steps=args.steps, start_t=args.start_t, end_t=args.end_t,
-                       noise_scale=args.noise_scale, seed=args.seed, method=args.method, ip_scale=args.ip_scale,
-                       grid=args.grid, paste_schedule=args.paste_schedule,
-                       attention_swap=AttentionSwap(enabled=not args.no_attention_swap),
-                       point_fraction=args.point_fraction, max_side=args.max_side, progress=not args.quiet)
+                       mapping=mapping, config=config, progress=not args.quiet)
     if args.preview_out is not None and result.preview is not None:
         save_image_atomic(result.preview, args.preview_out)
     return save_image_atomic(result.image, args.out)

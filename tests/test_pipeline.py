@@ -7,7 +7,6 @@ the K/V it reported while inverting.
 """
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -401,6 +400,3 @@ def test_bad_arguments_are_refused(pipe):
     with pytest.raises(ValueError, match="unknown copy-paste schedule"):
         pipe.edit(PHOTO, mapping=SHIFT, paste_schedule="nope", **FAST)
 
-
-def test_n_steps_constant_matches_the_grid():
-    assert N == len(GRIDS["reference"](STEPS, START_T).inversion) == math.floor(STEPS * START_T)
