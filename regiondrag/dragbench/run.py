@@ -209,16 +209,14 @@ def config_as_json(config: EditConfig) -> dict:
     return plain(config)
 
 
+_ANY_PHOTO = Image.new("RGB", (1, 1))  # stands in for a sample's photo: the same within a sample
+
+
 def inversion_key(config: EditConfig) -> tuple:
-    """The settings an inversion depends on: two edits of one sample whose keys agree can share
-    it. RegionDragPipeline.invert's cache key, less the photo and prompt (the sample's), plus
-    max_side, which sets the photo it inverts."""
-    return (config.steps, config.start_t, config.seed, config.sde, config.ip_scale, config.grid, config.max_side)
-
-
-def edit_keywords(config: EditConfig) -> dict:
-    """RegionDragPipeline.edit's keyword arguments for a config (it takes the fields one by one)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    """What of a config an inversion depends on: two edits of one sample whose keys agree can share
+    it. The pipeline's own cache key for any one photo and prompt, plus max_side, which sets the
+    photo it inverts."""
+    return RegionDragPipeline.inversion_key(_ANY_PHOTO, "", config), config.max_side
 
 
 # -- one sample --------------------------------------------------------------------------------
@@ -243,8 +241,8 @@ class Editor:
         config = setting.config.replace(max_side=side)
         inputs = drag.edit_arguments(photo.size, working_size(*photo.size, side))
         clock = time.perf_counter()
-        result = self.pipeline.edit(photo, prompt=drag.prompt, mask=drag.mask, progress=False, **inputs,
-                                    **edit_keywords(config))
+        result = self.pipeline.edit(photo, prompt=drag.prompt, mask=drag.mask, config=config, progress=False,
+                                    **inputs)
         seconds = time.perf_counter() - clock  # decoding to a PIL image has synchronised the device
         shared = "inversion_s" not in result.timings  # the pipeline times only an inversion it runs
         if not shared:
