@@ -7,33 +7,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from regiondrag.dragbench import run as E
 from regiondrag.dragbench.sweep import load_sweep
-from test_evaluation import PNG_MAGIC, ROOT, read_csv, script, table_cells, tiny_args
-from synthetic_dragbench import write_synthetic_dragbench
+from test_evaluation import PNG_MAGIC, ROOT, bench, one_thread, read_csv, script, table_cells, tiny_args  # noqa: F401
 
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                       reason="sweep plots need matplotlib (pip install matplotlib)")
 SWEEPS = ROOT / "scripts" / "sweeps"
 # the first parameter does not change the inversion, the second does: the work must be regrouped
 GRID = {"grid": {"paste_schedule": ["every_step", "single_step"], "start_t": [0.5, 0.3]}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    root = tmp_path_factory.mktemp("drag_data")
-    return root, write_synthetic_dragbench(root)
 
 
 def sweep_file(tmp_path, doc, name="grid.json"):

@@ -54,7 +54,7 @@ from . import distributed
 from .metrics import DIFT, lpips_distance, mean_distance
 from .reader import (ANNOTATION_CHOICES, ANNOTATIONS, AUTO, SUBSET_TITLES, SUBSETS, DatasetError, Sample,
                      find_samples)
-from .report import markdown_table
+from .report import markdown_table, write_text_atomic
 
 
 METRIC_SCALE = 100  # the paper prints MD and LPIPS x100
@@ -304,9 +304,7 @@ class ResultStore:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(part, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _check_settings(save_dir: Path, settings: Sequence[Setting], setup: dict, write: bool) -> None:
@@ -466,7 +464,6 @@ class Run:
 
 def write_results_json(path: PathLike, run: Run) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(path, {
         "setup": run.models.setup, "settings": {s.name: s.as_json() for s in run.settings},
         "summary": [asdict(s) for s in run.summaries],

@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 
 from . import run as E
 from .reader import SUBSET_TITLES
-from .report import markdown_table, plot_metrics, write_csv
+from .report import markdown_table, plot_metrics, write_csv, write_text_atomic
 
 SWEEP_KEYS = {"name", "base", "grid", "settings", "log_x"}
 SAVE_ROOT = Path("outputs/sweeps")
@@ -182,9 +182,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "scripts/sweep.py") -
         table = markdown_table(header, rows)
         print(table)
         out = args.out_dir or args.save_dir
-        out.mkdir(parents=True, exist_ok=True)
-        (out / TABLE_FILE).write_text(table + "\n")
-        print(f"wrote {out / TABLE_FILE}, {write_csv(out / CSV_FILE, header, rows)}")
+        written = write_text_atomic(out / TABLE_FILE, table + "\n"), write_csv(out / CSV_FILE, header, rows)
+        print(f"wrote {', '.join(map(str, written))}")
         try:
             plots = plot_sweep(sweep, run.summaries, out)
         except ImportError as e:  # matplotlib is an extra
