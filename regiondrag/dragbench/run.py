@@ -174,28 +174,30 @@ class Setting:
     def replace(self, **overrides: Any) -> "Setting":
         """This setting with fields replaced by name: its own (name, annotation, point_radius) and
         EditConfig's (attention_swap also as a dict of AttentionSwap's fields, lists for its sets)."""
-        own = {k: overrides.pop(k) for k in ("name", "annotation", "point_radius") if k in overrides}
-        defaults = {f.name: getattr(EVALUATION, f.name) for f in dataclasses.fields(EditConfig)}
-        unknown = sorted(set(overrides) - set(defaults))
+        own = {"name": "", "annotation": AUTO, "point_radius": DEFAULT_POINT_RADIUS}
+        config = {f.name: getattr(REFERENCE, f.name) for f in dataclasses.fields(EditConfig)}
+        unknown = sorted(set(overrides) - set(own) - set(config))
         if unknown:
             raise EvaluationError(f"unknown setting {', '.join(unknown)}; the settings are annotation, "
-                                  f"point_radius and EditConfig's {', '.join(defaults)}")
-        if isinstance(overrides.get("attention_swap"), dict):
-            swap = overrides["attention_swap"]
+                                  f"point_radius and EditConfig's {', '.join(config)}")
+        swap = overrides.get("attention_swap")
+        if isinstance(swap, dict):
             try:
                 overrides["attention_swap"] = AttentionSwap(**{k: frozenset(v) if isinstance(v, list) else v
                                                                for k, v in swap.items()})
             except TypeError:
                 keys = ", ".join(f.name for f in dataclasses.fields(AttentionSwap))
                 raise EvaluationError(f"attention_swap {swap} may only have the keys {keys}") from None
-        for name, value in overrides.items():
-            default = defaults[name] if defaults[name] is not None else value
+        for name, value in overrides.items():  # values as typed as the defaults (numbers from a file: int or float)
+            default = {**own, **config}[name]
             if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                 overrides[name] = float(value)
             elif value is not None and type(value) is not type(default):
                 raise EvaluationError(f"setting {name} must be a {type(default).__name__}, got {value!r}")
         try:
-            return dataclasses.replace(self, config=self.config.replace(**overrides), **own)
+            return dataclasses.replace(self, config=self.config.replace(**{k: v for k, v in overrides.items()
+                                                                           if k in config}),
+                                       **{k: v for k, v in overrides.items() if k in own})
         except ValueError as e:  # EditConfig's checks
             raise EvaluationError(str(e)) from None
 
