@@ -489,8 +489,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N samples of each subset")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_save_dir: str) -> None:
-    """Everything a script that edits and scores needs, besides its settings."""
+def add_model_arguments(parser: argparse.ArgumentParser, default_save_dir: Optional[str],
+                        save_dir_help: Optional[str] = None) -> None:
+    """Everything a script that edits and scores needs, besides its settings; without a
+    default_save_dir, --save-dir is None unless given (save_dir_help says what the script does then)."""
     from weights.ip_adapter import IP_ADAPTER_REPO
 
     add_data_arguments(parser)
@@ -503,7 +505,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_save_dir: str) 
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="default: fp16 on GPU (the reference's), fp32 on CPU")
     parser.add_argument("--save-dir", type=Path, default=default_save_dir and Path(default_save_dir),
-                        help=f"edits and per-sample results; a rerun resumes from them (default {default_save_dir})")
+                        help="edits and per-sample results; a rerun resumes from them "
+                             f"(default {save_dir_help or default_save_dir})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--random-tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny random models
 
