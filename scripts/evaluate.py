@@ -30,7 +30,9 @@ def main(argv=None) -> int:
 
     def body() -> None:
         overrides = E.setting_overrides(args)
-        name = "-".join([overrides.get("method", E.EVALUATION.method), *[a for a in [args.annotation] if a not in (None, E.AUTO)]])
+        name = overrides.get("method", E.EVALUATION.method)  # its folder in --save-dir; -annotation if chosen
+        if args.annotation not in (None, E.AUTO):
+            name += f"-{args.annotation}"
         setting = E.Setting(name).replace(**overrides)
         run = E.run_from_args(args, [setting])
         if run is None:  # another rank than 0 under torchrun: rank 0 reports

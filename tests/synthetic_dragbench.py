@@ -104,8 +104,8 @@ def write_synthetic_dragbench(root: Path, size: int = SIZE, annotations: Iterabl
             [h for h, _ in sparse], [t for _, t in sparse])})
         Image.fromarray(photo).save(folder / "user_drag.png")  # drawings of the drag; readers ignore them
         if "region" in annotations:
-            dump_pickle(folder / "meta_data_region.pkl", {"prompt": prompt, "mask": mask,
-                                                          "points": _interleave(list(dense_handle), list(dense_target))})
+            dense = _interleave(list(dense_handle), list(dense_target))
+            dump_pickle(folder / "meta_data_region.pkl", {"prompt": prompt, "mask": mask, "points": dense})
         if "i4p" in annotations:
             dump_pickle(folder / "meta_data_i4p.pkl", {"mask": region, "points": _interleave(
                 list(handle.astype(np.int64)), list(target.astype(np.int64)))})

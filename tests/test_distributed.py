@@ -1,6 +1,8 @@
 """Data-parallel sweeps under torchrun on CPU (gloo, 2 processes on 127.0.0.1) with tiny random
 models: a rank killed mid-run resumes its shard on restart without redoing finished work, and the
 merged table is a single process's."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -63,8 +65,6 @@ def single_process_table(bench, tmp_path_factory):
     torch.set_num_threads(1)  # what torchrun gives each rank
     try:
         save = tmp_path_factory.mktemp("single")
-        import contextlib
-        import io
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert script("sweep")(["--config", str(bench / "sweep.json"), *tiny_args(bench / "data", save)]) == 0

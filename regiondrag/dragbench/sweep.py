@@ -165,7 +165,8 @@ def plot_sweep(sweep: Sweep, summaries: Sequence[E.Summary], out_dir: Path) -> l
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = "scripts/sweep.py") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="the sweep file (.json, .yaml)")
     E.add_model_arguments(parser, default_save_dir=None, save_dir_help=f"{SAVE_ROOT}/<the sweep's name>")
     E.add_setting_arguments(parser)
