@@ -98,6 +98,22 @@ def test_command_line_settings_change_the_base(bench, tmp_path, capsys):
         [(10, 1, "points"), (10, 2, "points")]
 
 
+def test_a_backbone_sweep_edits_each_setting_with_its_weights(bench, tmp_path, capsys):
+    """`weights` picks a setting's backbone (random tiny models: each name other random weights)."""
+    root, _ = bench
+    save = tmp_path / "out"
+    doc = {"settings": [{"name": "default"}, {"name": "other", "weights": "another-backbone"}]}
+    assert script("sweep")(["--config", str(sweep_file(tmp_path, doc)),
+                            *tiny_args(root, save, "--subset", "sr", "--limit", 1)]) == 0
+    rows = {r[0]: r for r in table_cells(capsys.readouterr().out)[2:]}
+    assert rows["default"][1:5] == ["", "DragBench-SR", "region", "1"]  # setting, weights, benchmark, ...
+    assert rows["other"][1:5] == ["another-backbone", "DragBench-SR", "region", "1"]
+    assert rows["default"][6] != rows["other"][6]  # LPIPS: other weights, another edit
+    assert not any(r["shared_inversion"] for r in results(save))  # an inversion is the backbone's own
+    saved = json.loads((save / E.SETTINGS_FILE).read_text())["settings"]
+    assert (saved["default"]["weights"], saved["other"]["weights"]) == (None, "another-backbone")
+
+
 @needs_matplotlib
 def test_the_repos_copy_paste_sweep_is_the_papers_analysis(bench, tmp_path, capsys):
     root, _ = bench
@@ -127,8 +143,8 @@ def test_attention_swap_is_swept_by_its_fields(tmp_path):
 
 
 @pytest.mark.parametrize("doc, why", [
-    ({"grid": {"start": [0.5]}}, "unknown setting start; the settings are annotation, point_radius and "
-                                 "EditConfig's steps"),
+    ({"grid": {"start": [0.5]}}, "unknown setting start; the settings are annotation, point_radius, weights "
+                                 "and EditConfig's steps"),
     ({"grid": {"start_t": [0.5]}, "settings": [{"seed": 1}]}, "give either 'grid'"),
     ({"grid": {"start_t": []}}, "'grid' must map each parameter to a non-empty list"),
     ({"grid": {"steps": ["ten"]}}, "setting steps must be a int, got 'ten'"),

@@ -35,6 +35,7 @@ import os
 import statistics
 import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -90,15 +91,20 @@ class Metrics:
 
 
 class Models:
-    """The editing pipeline and the metric networks, each built on first use: a finished run that
-    is only tabulated again loads nothing, and one that only measures loads no SD1.5."""
+    """The editing pipelines (one per backbone the settings use) and the metric networks, each built
+    on first use: a finished run that is only tabulated again loads nothing, and one that only
+    measures loads no SD1.5."""
 
-    def __init__(self, pipeline: Callable[[], RegionDragPipeline], metrics: Callable[[], Metrics], setup: dict):
+    def __init__(self, pipeline: Callable[[Optional[str]], RegionDragPipeline], metrics: Callable[[], Metrics],
+                 setup: dict):
         self._pipeline, self._metrics, self.setup = pipeline, metrics, setup
+        self._pipelines: dict[Optional[str], RegionDragPipeline] = {}
 
-    @cached_property
-    def pipeline(self) -> RegionDragPipeline:
-        return self._pipeline()
+    def pipeline(self, weights: Optional[str] = None) -> RegionDragPipeline:
+        """The pipeline of a setting's backbone: SD weights as --weights takes them; None: the run's."""
+        if weights not in self._pipelines:
+            self._pipelines[weights] = self._pipeline(weights)
+        return self._pipelines[weights]
 
     @cached_property
     def metrics(self) -> Metrics:
@@ -114,8 +120,9 @@ def pretrained_models(sd_weights: Optional[str] = None, ip_adapter: Optional[str
 
     device, dtype = default_device_dtype(device, dtype)
 
-    def pipeline() -> RegionDragPipeline:
-        return RegionDragPipeline.from_pretrained(sd_weights, ip_adapter=ip_adapter, device=device, dtype=dtype)
+    def pipeline(backbone: Optional[str]) -> RegionDragPipeline:
+        return RegionDragPipeline.from_pretrained(backbone or sd_weights, ip_adapter=ip_adapter, device=device,
+                                                  dtype=dtype)
 
     def metrics() -> Metrics:
         load = dict(dtype=dtype, device=device)
@@ -148,7 +155,10 @@ def random_tiny_models(device: str = "cpu") -> Models:
                 lin.weight.abs_()  # LPIPS heads are non-negative, so distances are too
         return Metrics(dift, lpips.to(device).eval())
 
-    return Models(lambda: RegionDragPipeline(*tiny(0)), metrics, dict(weights="random-tiny"))
+    def pipeline(backbone: Optional[str]) -> RegionDragPipeline:  # each backbone name: other random weights
+        return RegionDragPipeline(*tiny(0 if backbone is None else zlib.crc32(backbone.encode())))
+
+    return Models(pipeline, metrics, dict(weights="random-tiny"))
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -156,11 +166,12 @@ def random_tiny_models(device: str = "cpu") -> Models:
 @dataclass(frozen=True)
 class Setting:
     """One way of editing every sample: a name (its folder and record key), the method's settings,
-    and which of each sample's annotations the edit reads."""
+    which of each sample's annotations the edit reads, and the backbone it edits with."""
     name: str
     config: EditConfig = EVALUATION
     annotation: str = AUTO                      # one of reader.ANNOTATION_CHOICES
     point_radius: float = DEFAULT_POINT_RADIUS  # the points annotation's disk radius (pixels)
+    weights: Optional[str] = None               # SD weights as --weights takes them; None: the run's --weights
 
     def __post_init__(self):
         if self.annotation not in ANNOTATION_CHOICES:
@@ -169,17 +180,17 @@ class Setting:
 
     def as_json(self) -> dict:
         return {"config": config_as_json(self.config), "annotation": self.annotation,
-                "point_radius": self.point_radius}
+                "point_radius": self.point_radius, "weights": self.weights}
 
     def replace(self, **overrides: Any) -> "Setting":
-        """This setting with fields replaced by name: its own (name, annotation, point_radius) and
-        EditConfig's (attention_swap also as a dict of AttentionSwap's fields, lists for its sets)."""
-        own = {"name": "", "annotation": AUTO, "point_radius": DEFAULT_POINT_RADIUS}
+        """This setting with fields replaced by name: its own (name, annotation, point_radius, weights)
+        and EditConfig's (attention_swap also as a dict of AttentionSwap's fields, lists for its sets)."""
+        own = {"name": "", "annotation": AUTO, "point_radius": DEFAULT_POINT_RADIUS, "weights": ""}
         config = {f.name: getattr(REFERENCE, f.name) for f in dataclasses.fields(EditConfig)}
         unknown = sorted(set(overrides) - set(own) - set(config))
         if unknown:
             raise EvaluationError(f"unknown setting {', '.join(unknown)}; the settings are annotation, "
-                                  f"point_radius and EditConfig's {', '.join(config)}")
+                                  f"point_radius, weights and EditConfig's {', '.join(config)}")
         swap = overrides.get("attention_swap")
         if isinstance(swap, dict):
             try:
@@ -330,13 +341,14 @@ def edit_path(save_dir: PathLike, setting: Setting, annotation: str, sample: Sam
 
 
 def work_groups(samples: Sequence[Sample], settings: Sequence[Setting]) -> list[list[tuple[Sample, Setting]]]:
-    """The (sample, setting) work, per sample one group for each inversion its settings share,
-    in the order of first appearance: the unit a rank takes, run in one go."""
+    """The (sample, setting) work, per sample one group for each inversion its settings share
+    (same backbone, same inversion_key), in the order of first appearance: the unit a rank
+    takes, run in one go."""
     groups = []
     for sample in samples:
         by_inversion: dict[tuple, list] = {}
         for setting in settings:
-            by_inversion.setdefault(inversion_key(setting.config), []).append((sample, setting))
+            by_inversion.setdefault((setting.weights, inversion_key(setting.config)), []).append((sample, setting))
         groups += by_inversion.values()
     return groups
 
@@ -365,7 +377,7 @@ def evaluate(samples: Sequence[Sample], settings: Sequence[Setting], save_dir: P
     save_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(save_dir, settings, models.setup, write=shard.main)
     store = ResultStore(save_dir, f"results.rank{shard.rank}.jsonl" if shard.distributed else RESULTS_FILE)
-    counts, editor = RunCounts(), None
+    counts, editors = RunCounts(), {}  # an Editor per backbone
     work = [item for group in shard.take(work_groups(samples, settings)) for item in group]
     with tqdm(total=len(work), disable=not progress, desc="DragBench", unit="edit") as bar:
         for sample, setting in work:
@@ -377,8 +389,12 @@ def evaluate(samples: Sequence[Sample], settings: Sequence[Setting], save_dir: P
                 else:
                     path = edit_path(save_dir, setting, annotation, sample)
                     if not path.is_file():
-                        editor = editor or Editor(models.pipeline)
-                        image, timing = editor(sample, setting, annotation)
+                        if setting.weights not in editors:
+                            editors[setting.weights] = Editor(models.pipeline(setting.weights))
+                        for weights, other in editors.items():  # one cached inversion (its K/V) at a time
+                            if weights != setting.weights:
+                                other.pipeline.clear_cache()
+                        image, timing = editors[setting.weights](sample, setting, annotation)
                         save_image_atomic(image, path)
                         store.add(setting.name, annotation, sample.key, **timing)
                         counts.edited += 1

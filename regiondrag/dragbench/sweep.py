@@ -13,7 +13,8 @@ A sweep file (JSON, or YAML) holds one object::
       - {name: single-step, paste_schedule: single_step}
     log_x: [point_fraction]         # optional: parameters whose plot has a log axis
 
-Parameters are Setting.replace's: annotation, point_radius and EditConfig's fields. Setting
+Parameters are Setting.replace's: annotation, point_radius, weights (the backbone: SD weights as
+--weights takes them, e.g. stabilityai/stable-diffusion-2-1 with max_side 768) and EditConfig's fields. Setting
 arguments on the command line (--method, --annotation, ...) change the base. The run is
 run.evaluate's: resumable per (setting, sample), inversions shared by settings that share
 them, data-parallel under torchrun. Besides the edits and results in --save-dir it writes
