@@ -214,7 +214,7 @@ def test_pretrained_models_load_from_weight_folders(bench, tiny_sd_folder, tmp_p
     assert models.setup == dict(weights=str(tiny_sd_folder), ip_adapter=None, dift_weights=str(tiny_sd_folder),
                                 dtype="torch.float32")
     sample = find_samples(bench[0], ["sr"], limit=1)[0]
-    image, timing = Editor(models.pipeline())(sample, Setting("s"), "region")
+    image, timing = Editor(models)(sample, Setting("s"), "region")
     assert image.size == (SIZE, SIZE) and timing["edit_s"] > 0 and not timing["shared_inversion"]
     assert models.metrics.dift.context("a dog").shape == (1, 77, 32)
     torch.testing.assert_close(models.metrics.lpips.net.features[0].weight, alexnet["features.0.weight"])

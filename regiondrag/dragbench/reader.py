@@ -62,6 +62,7 @@ ANNOTATIONS = {"region": REGION_FILE, "i4p": INPAINT4DRAG_FILE, "points": POINTS
 AUTO = "auto"
 ANNOTATION_CHOICES = (AUTO, *ANNOTATIONS)
 
+
 class DatasetError(ValueError):
     """A dataset folder that is not in the DragBench-SR/DR layout; the message says what is missing."""
 

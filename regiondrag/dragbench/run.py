@@ -106,6 +106,11 @@ class Models:
             self._pipelines[weights] = self._pipeline(weights)
         return self._pipelines[weights]
 
+    def clear_caches(self) -> None:
+        """Forget every pipeline's cached inversion."""
+        for pipeline in self._pipelines.values():
+            pipeline.clear_cache()
+
     @cached_property
     def metrics(self) -> Metrics:
         return self._metrics()
@@ -235,13 +240,20 @@ def inversion_key(config: EditConfig) -> tuple:
 # -- one sample --------------------------------------------------------------------------------
 
 class Editor:
-    """Edits samples with one pipeline, timing each as a standalone edit: when the pipeline
-    reuses the previous edit's inversion (its cache), that inversion's time is added back."""
+    """Edits samples, each setting with its backbone's pipeline, timing each as a standalone edit:
+    when a pipeline reuses the previous edit's inversion (its cache), that inversion's time is
+    added back. Only one pipeline holds a cached inversion at a time (its K/V are large)."""
 
-    def __init__(self, pipeline: RegionDragPipeline):
-        self.pipeline = pipeline
-        pipeline.clear_cache()  # so that every inversion it reuses was made, and timed, here
-        self._inversion_s = 0.0  # of the inversion the pipeline holds: the last one it made
+    def __init__(self, models: Models):
+        self.models = models
+        self._backbone: Optional[str] = None  # whose pipeline holds the cached inversion
+        self._inversion_s: Optional[float] = None  # that inversion's time; None: none made here yet
+
+    def pipeline(self, weights: Optional[str]) -> RegionDragPipeline:
+        if self._inversion_s is None or weights != self._backbone:
+            self.models.clear_caches()  # so that every inversion reused was made, and timed, here
+            self._backbone, self._inversion_s = weights, None
+        return self.models.pipeline(weights)
 
     def __call__(self, sample: Sample, setting: Setting, annotation: str) -> tuple[Image.Image, dict]:
         """(edited photo, {"edit_s", "shared_inversion"}) of one sample under one setting.
@@ -254,8 +266,8 @@ class Editor:
         config = setting.config.replace(max_side=side)
         inputs = drag.edit_arguments(photo.size, working_size(*photo.size, side))
         clock = time.perf_counter()
-        result = self.pipeline.edit(photo, prompt=drag.prompt, mask=drag.mask, config=config, progress=False,
-                                    **inputs)
+        result = self.pipeline(setting.weights).edit(photo, prompt=drag.prompt, mask=drag.mask, config=config,
+                                                     progress=False, **inputs)
         seconds = time.perf_counter() - clock  # decoding to a PIL image has synchronised the device
         shared = "inversion_s" not in result.timings  # the pipeline times only an inversion it runs
         if not shared:
@@ -377,7 +389,7 @@ def evaluate(samples: Sequence[Sample], settings: Sequence[Setting], save_dir: P
     save_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(save_dir, settings, models.setup, write=shard.main)
     store = ResultStore(save_dir, f"results.rank{shard.rank}.jsonl" if shard.distributed else RESULTS_FILE)
-    counts, editors = RunCounts(), {}  # an Editor per backbone
+    counts, edit = RunCounts(), Editor(models)
     work = [item for group in shard.take(work_groups(samples, settings)) for item in group]
     with tqdm(total=len(work), disable=not progress, desc="DragBench", unit="edit") as bar:
         for sample, setting in work:
@@ -389,12 +401,7 @@ def evaluate(samples: Sequence[Sample], settings: Sequence[Setting], save_dir: P
                 else:
                     path = edit_path(save_dir, setting, annotation, sample)
                     if not path.is_file():
-                        if setting.weights not in editors:
-                            editors[setting.weights] = Editor(models.pipeline(setting.weights))
-                        for weights, other in editors.items():  # one cached inversion (its K/V) at a time
-                            if weights != setting.weights:
-                                other.pipeline.clear_cache()
-                        image, timing = editors[setting.weights](sample, setting, annotation)
+                        image, timing = edit(sample, setting, annotation)
                         save_image_atomic(image, path)
                         store.add(setting.name, annotation, sample.key, **timing)
                         counts.edited += 1
