@@ -89,13 +89,14 @@ def test_settings_that_share_an_inversion_share_it_and_edit_as_alone(bench, tmp_
 def test_command_line_settings_change_the_base(bench, tmp_path, capsys):
     root, _ = bench
     save = tmp_path / "out"
-    doc = {"base": {"steps": 10}, "settings": [{"name": "a", "seed": 1}, {"name": "b", "seed": 2}]}
+    doc = {"base": {"steps": 10, "annotation": "i4p"}, "settings": [{"name": "a", "seed": 1},
+                                                                   {"name": "b", "seed": 2, "steps": 8}]}
     assert script("sweep")(["--config", str(sweep_file(tmp_path, doc)), "--annotation", "points",
                             *tiny_args(root, save, "--subset", "sr", "--limit", 1)]) == 0
-    assert "annotation points: points for 1 samples" in capsys.readouterr().out
+    assert "annotation points: points for 1 samples" in capsys.readouterr().out  # over the file's base
     saved = json.loads((save / E.SETTINGS_FILE).read_text())["settings"]
     assert [(s["config"]["steps"], s["config"]["seed"], s["annotation"]) for s in saved.values()] == \
-        [(10, 1, "points"), (10, 2, "points")]
+        [(10, 1, "points"), (8, 2, "points")]  # a setting's own override stays
 
 
 def test_a_backbone_sweep_edits_each_setting_with_its_weights(bench, tmp_path, capsys):

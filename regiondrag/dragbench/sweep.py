@@ -14,8 +14,9 @@ A sweep file (JSON, or YAML) holds one object::
     log_x: [point_fraction]         # optional: parameters whose plot has a log axis
 
 Parameters are Setting.replace's: annotation, point_radius, weights (the backbone: SD weights as
---weights takes them, e.g. stabilityai/stable-diffusion-2-1 with max_side 768) and EditConfig's fields. Setting
-arguments on the command line (--method, --annotation, ...) change the base. The run is
+--weights takes them, e.g. stabilityai/stable-diffusion-2-1 with max_side 768) and EditConfig's
+fields. Setting arguments on the command line (--method, --annotation, ...) change the base (over
+the file's base; a swept parameter stays the file's). The run is
 run.evaluate's: resumable per (setting, sample), inversions shared by settings that share
 them, data-parallel under torchrun. Besides the edits and results in --save-dir it writes
 sweep.md (the table, also printed: MD x100, LPIPS x100, s / edit per setting and subset),
@@ -105,8 +106,9 @@ def _overrides(doc: dict, path: Path) -> list[dict]:
     return settings
 
 
-def load_sweep(path: Path, base: E.Setting = E.Setting("base")) -> Sweep:
-    """A sweep file's settings on top of `base` (the evaluation's, with the command line's changes)."""
+def load_sweep(path: Path, command_line: Optional[dict] = None) -> Sweep:
+    """A sweep file's settings: each its overrides on the file's base, on the evaluation's settings;
+    `command_line` (Setting.replace's keywords) changes the base, over the file's."""
     path = Path(path)
     doc = _read(path)
     if not isinstance(doc, dict) or not set(doc) <= SWEEP_KEYS:
@@ -115,7 +117,7 @@ def load_sweep(path: Path, base: E.Setting = E.Setting("base")) -> Sweep:
                                 f"found {found}")
     if not isinstance(doc.get("base", {}), dict):
         raise E.EvaluationError(f"{path}: 'base' must map parameters to values")
-    base = base.replace(**doc.get("base", {}))
+    base = E.Setting("base").replace(**doc.get("base", {})).replace(**(command_line or {}))
     settings, swept = [], []
     for overrides in _overrides(doc, path):
         overrides = dict(overrides)
@@ -175,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "scripts/sweep.py") -
     args = parser.parse_args(argv)
 
     def body() -> None:
-        sweep = load_sweep(args.config, E.Setting("base").replace(**E.setting_overrides(args)))
+        sweep = load_sweep(args.config, E.setting_overrides(args))
         args.save_dir = args.save_dir or SAVE_ROOT / sweep.name
         run = E.run_from_args(args, sweep.settings)
         if run is None:  # another rank than 0 under torchrun: rank 0 reports
