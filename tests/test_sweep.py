@@ -68,11 +68,15 @@ def test_settings_that_share_an_inversion_share_it_and_edit_as_alone(bench, tmp_
     save = tmp_path / "out"
     assert script("sweep")(["--config", str(sweep_file(tmp_path, GRID)), *tiny_args(root, save, "--limit", 1)]) == 0
     capsys.readouterr()
-    shared = {(r["setting"], r["sample"]): r["shared_inversion"] for r in results(save)}
-    assert len(shared) == 8
-    assert {k for k, v in shared.items() if v} == {(f"paste_schedule=single_step,start_t={t}", s)
-                                                    for t in ("0.5", "0.3")
-                                                    for s in ("sr/art_0", "dr/animals/JH_2023-09-14-1820-16")}
+    records = {(r["setting"], r["sample"]): r for r in results(save)}
+    shared = {k for k, r in records.items() if r["shared_inversion"]}
+    assert len(records) == 8
+    assert shared == {(f"paste_schedule=single_step,start_t={t}", s) for t in ("0.5", "0.3")
+                      for s in ("sr/art_0", "dr/animals/JH_2023-09-14-1820-16")}
+    for setting, sample in shared:  # its time counts the inversion it reused: the one its twin made
+        twin = records[setting.replace("single_step", "every_step"), sample]
+        assert records[setting, sample]["inversion_s"] == twin["inversion_s"] > 0
+        assert records[setting, sample]["edit_s"] > twin["inversion_s"]
     alone = tmp_path / "alone"
     doc = {"settings": [{"name": "paste_schedule=single_step,start_t=0.3", "paste_schedule": "single_step",
                          "start_t": 0.3}]}

@@ -256,7 +256,8 @@ class Editor:
         return self.models.pipeline(weights)
 
     def __call__(self, sample: Sample, setting: Setting, annotation: str) -> tuple[Image.Image, dict]:
-        """(edited photo, {"edit_s", "shared_inversion"}) of one sample under one setting.
+        """(edited photo, {"edit_s", "inversion_s", "shared_inversion"}) of one sample under one setting:
+        edit_s counts the inversion (inversion_s of it) even when it was shared.
 
         By default the photo is edited at its own size, as the reference, floored to multiples
         of 8 (where the reference's VAE would pad instead) with the dense pairs scaled to match.
@@ -272,7 +273,8 @@ class Editor:
         shared = "inversion_s" not in result.timings  # the pipeline times only an inversion it runs
         if not shared:
             self._inversion_s = sum(result.timings[k] for k in ("conditioning_s", "encode_s", "inversion_s"))
-        return result.image, {"edit_s": seconds + (self._inversion_s if shared else 0.0), "shared_inversion": shared}
+        return result.image, {"edit_s": seconds + (self._inversion_s if shared else 0.0),
+                              "inversion_s": self._inversion_s, "shared_inversion": shared}
 
 
 def measure_sample(metrics: Metrics, sample: Sample, edited: PathLike) -> dict[str, float]:
