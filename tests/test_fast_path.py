@@ -1,6 +1,5 @@
 """The fast path changes speed, never results: compiled and half-precision edits against eager fp32."""
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,9 @@ from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.regions import regions_from_json
 from regiondrag.image_io import load_image
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-sys.path.insert(0, str(ROOT / "scripts"))
-from benchmark import DiffusersUNet, DiffusersVAE  # noqa: E402  (the benchmark's in-run baseline)
+from benchmark import DiffusersUNet, DiffusersVAE  # the benchmark's in-run baseline (scripts/)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")

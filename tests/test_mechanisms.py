@@ -19,6 +19,7 @@ from models.attention import SelfAttention
 from regiondrag.copy_paste import add_handle_noise
 from regiondrag.mapping import idw_displace
 
+from benchmark import DiffusersUNet
 from test_pipeline import FAST, PHOTO, SHIFT, UNetRecorder, at, new_pipe
 
 
@@ -158,17 +159,23 @@ def test_cp_then_encode_handle_noise_is_the_reference_draw(models):
     torch.testing.assert_close(at(rec.denoising()[0].x, vacated), draw[..., border:])
 
 
+def idw_by_hand(point: np.ndarray, controls: np.ndarray, displacement: np.ndarray, chosen: list[int]) -> np.ndarray:
+    d = np.linalg.norm((controls[chosen] - point).astype(np.float64), axis=1)
+    w = 1 / (d + 1e-4)
+    return np.rint(point + (w[:, None] * displacement[chosen]).sum(0) / w.sum()).astype(np.int64)
+
+
 def test_idw_ties_go_to_the_lower_control_index():
-    """A point equidistant from six controls moves by the mean displacement of the first four."""
+    """Three controls at distance 1 and four tied at distance 3: the fourth neighbour is the first of
+    the tied ones, whatever order a partition would leave them in."""
     point = np.array([[10, 10]])
-    offsets = np.array([[3, 0], [0, 3], [-3, 0], [0, -3], [3, 0], [0, 3]])  # all at distance 3 ... twice
-    controls = point + offsets
-    displacement = np.array([[4, 0], [0, 8], [-4, 0], [0, 4], [40, 40], [-40, -40]])
-    moved = idw_displace(point, controls, displacement)
-    np.testing.assert_array_equal(moved, np.rint(point + displacement[:4].mean(0)).astype(np.int64))
-    # reversed order: the other four are the first ones now
-    moved = idw_displace(point, controls[::-1].copy(), displacement[::-1].copy())
-    np.testing.assert_array_equal(moved, np.rint(point + displacement[::-1][:4].mean(0)).astype(np.int64))
+    offsets = np.array([[3, 0], [0, 3], [1, 0], [0, 1], [-1, 0], [-3, 0], [0, -3]])  # distances 3 3 1 1 1 3 3
+    displacement = np.array([[30, 0], [-30, 0], [1, 1], [1, 1], [1, 1], [0, 30], [0, -30]])
+    moved = idw_displace(point, point + offsets, displacement)
+    np.testing.assert_array_equal(moved[0], idw_by_hand(point[0], point + offsets, displacement, [0, 2, 3, 4]))
+    order = [6, 5, 4, 3, 2, 1, 0]  # reversed: the tied control that comes first is another one
+    moved = idw_displace(point, (point + offsets)[order], displacement[order])
+    np.testing.assert_array_equal(moved[0], idw_by_hand(point[0], point + offsets, displacement, [6, 4, 3, 2]))
 
 
 def test_idw_uses_the_four_nearest_controls():
@@ -183,3 +190,17 @@ def test_idw_uses_the_four_nearest_controls():
         w = np.array([1 / (d[i] + 1e-4) for i in order])
         expected.append(p + (w[:, None] * displacement[order]).sum(0) / w.sum())
     np.testing.assert_array_equal(idw_displace(points, controls, displacement), np.rint(expected).astype(np.int64))
+
+
+@pytest.mark.parametrize("layers", ["all", "every_other"])
+@torch.no_grad()
+def test_replaying_another_inputs_kv_matches_diffusers_with_the_references_hooks(unet, layers):
+    """Replay input B's K/V while denoising input A: ours equals diffusers' UNet on the same weights
+    with the reference's mechanism (forward hooks that replace to_k / to_v outputs)."""
+    x, t, context = inputs(unet.cfg, seed=4)
+    _, kv_b = unet(*inputs(unet.cfg, seed=5), return_kv=True)
+    kv = kv_b if layers == "all" else [kv if i % 2 else None for i, kv in enumerate(kv_b)]
+    ours = unet(x, t, context, kv=kv)
+    reference = DiffusersUNet(unet)(x, t, context, kv=kv)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    assert (ours - unet(x, t, context)).abs().max() > 1e-3  # the replay changed the prediction
