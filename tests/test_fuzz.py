@@ -22,7 +22,7 @@ from regiondrag.cli import main
 
 W, H = 64, 48  # the fuzzed photo: small, so that a valid preview takes milliseconds
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-SWEEP = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+SWEEP = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 NEVER_LOADED = ["--weights", "/nonexistent/never_loaded"]
 
 
@@ -231,7 +231,7 @@ def tiny_weights(tmp_path_factory):
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(document, flags)
 def test_sweep_edits_with_a_tiny_model(tiny_weights, doc, drawn):
     """Real edits: a valid region file and flags give a result, anything else one line."""
