@@ -185,7 +185,8 @@ def test_nesting_up_to_the_cap_is_read():
 
 @pytest.mark.parametrize("points, fragment", [
     ([(np.nan, 1), (2, 3)], "finite"), ([(1, 2)], "handle and target alternating"),
-    ([(1, 2, 3), (4, 5, 6)], "(x, y) points"), ("12", "(x, y) points"), ([[[1]]], "(x, y) points")])
+    ([(1, 2, 3), (4, 5, 6)], "(x, y) points"), ("12", "(x, y) points"), ([[[1]]], "(x, y) points"),
+    ([(10**400, 1), (2, 3)], "(x, y) points"), ([(np.inf, 1), (2, 3)], "finite")])
 def test_metadata_fields_are_checked(tmp_path, points, fragment):
     path = tmp_path / "meta_data.pkl"
     path.write_bytes(meta(points))
