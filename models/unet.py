@@ -1,9 +1,10 @@
 """The Stable Diffusion UNet (SD1.x / SD2.x), hand-written.
 
     eps = unet(x, t, context)                          # x: (B, 4, h, w), context: (B, 77, C)
-    eps, kvs = unet(x, t, context, return_kv=True)     # kvs[i]: (k, v) of self-attention layer i
+    eps, kvs = unet.forward_recording_kv(x, t, context) # kvs[i]: (k, v) of self-attention layer i
     eps = unet(x, t, context, kv=kvs)                  # replay recorded keys/values
     eps = unet(x, t, context, kv=[None] * 6 + kvs[6:]) # replay in chosen layers only
+    feats = unet.features(x, t, context, up_block=1)   # DIFT features: the map after up block 1
 
 Self-attention layers are numbered in the order the forward visits them: down blocks,
 mid block, up blocks (SD1.5: 6 + 1 + 9 = 16 layers). Module names follow diffusers'
@@ -181,14 +182,25 @@ class UNet(nn.Module):
                 t.transformer_blocks[0].attn2.add_image_prompt_projections()
 
     def forward(self, x: Tensor, t, context: Tensor, *, kv: Optional[Sequence[Optional[KV]]] = None,
-                return_kv: bool = False, image_prompt: Optional[ImagePrompt] = None,
-                stop_after_up_block: Optional[int] = None):
+                image_prompt: Optional[ImagePrompt] = None) -> Tensor:
         """Predict the noise (or v) for latent `x` at timestep `t`.
 
         kv: per self-attention layer, (k, v) to use instead of the layer's own, or None.
-        return_kv: also return the (k, v) every self-attention layer used.
-        stop_after_up_block: return the feature map after that up block (DIFT features).
         """
+        return self._run(x, t, context, kv, image_prompt)[0]
+
+    def forward_recording_kv(self, x: Tensor, t, context: Tensor, *,
+                             image_prompt: Optional[ImagePrompt] = None) -> tuple[Tensor, list[KV]]:
+        """The prediction and the (k, v) every self-attention layer computed, in layer order."""
+        return self._run(x, t, context, None, image_prompt)
+
+    def features(self, x: Tensor, t, context: Tensor, up_block: int) -> Tensor:
+        """The feature map after up block `up_block` (DIFT's diffusion features); the rest is not run."""
+        return self._run(x, t, context, None, None, stop_after_up_block=up_block)[0]
+
+    def _run(self, x: Tensor, t, context: Tensor, kv: Optional[Sequence[Optional[KV]]],
+             image_prompt: Optional[ImagePrompt], stop_after_up_block: Optional[int] = None) -> tuple[Tensor, list[KV]]:
+        """The UNet body: (output, K/V of every self-attention layer visited)."""
         b = x.shape[0]
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
         temb = self.time_embedding(timestep_embedding(t, self.cfg.block_channels[0]).to(x.dtype))
@@ -227,6 +239,5 @@ class UNet(nn.Module):
         for i, block in enumerate(self.up_blocks):
             h = run(block, h, up=True)
             if i == stop_after_up_block:
-                return h
-        out = self.conv_out(F.silu(self.conv_norm_out(h)))
-        return (out, kv_out) if return_kv else out
+                return h, kv_out
+        return self.conv_out(F.silu(self.conv_norm_out(h))), kv_out

@@ -1,7 +1,7 @@
 """Mutual self-attention (attention swap): record K/V during inversion, replay them while denoising.
 
 During inversion every UNet call reports the keys and values of its self-attention layers
-(`unet(..., return_kv=True)`); the store keeps them keyed by (inversion step, layer). The
+(`unet.forward_recording_kv(...)`); the store keeps them keyed by (inversion step, layer). The
 denoising UNet call of step j then uses, in every selected layer, the keys and values of
 inversion step n-1-j: the two loops visit the same noise levels in opposite order, so the
 edited latent attends to the original image's features at its own noise level. This is

@@ -125,6 +125,7 @@ class RegionDragPipeline:
         """
         options = dict(backend=backend, dynamic=False, **({"mode": mode} if backend == "inductor" else {}))
         self.unet.forward = torch.compile(self.unet.forward, fullgraph=True, **options)
+        self.unet.forward_recording_kv = torch.compile(self.unet.forward_recording_kv, fullgraph=True, **options)
         self.vae.encode_moments = torch.compile(self.vae.encode_moments, **options)
         self.vae.decode = torch.compile(self.vae.decode, **options)
 
@@ -258,7 +259,7 @@ class RegionDragPipeline:
         store = KVStore(self.unet.num_self_attention_layers)
 
         def record(x: Tensor, t: int, i: int) -> Tensor:
-            eps, kvs = self.unet(x, self._timestep(t), context, return_kv=True, image_prompt=image_prompt)
+            eps, kvs = self.unet.forward_recording_kv(x, self._timestep(t), context, image_prompt=image_prompt)
             store.record(i, kvs)
             return eps
 

@@ -132,14 +132,14 @@ class DiffusersUNet(nn.Module):
         self._record.append(output)
         return output
 
-    def forward(self, x, t, context, *, kv=None, return_kv=False, image_prompt: ImagePrompt | None = None):
+    def forward(self, x, t, context, *, kv=None, image_prompt: ImagePrompt | None = None):
         self._record = []
         self._replay = [] if kv is None else [part for layer in kv for part in (layer or (None, None))]
-        out = self.inner(x, t, encoder_hidden_states=context).sample
-        if return_kv:
-            flat = self._record
-            return out, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-        return out
+        return self.inner(x, t, encoder_hidden_states=context).sample
+
+    def forward_recording_kv(self, x, t, context, *, image_prompt: ImagePrompt | None = None):
+        out, flat = self.forward(x, t, context), self._record
+        return out, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
 class DiffusersVAE(nn.Module):

@@ -83,7 +83,7 @@ def tiny_unet(tiny_sd_folder):
 @torch.no_grad()
 def test_kv_replay_is_bit_identical(tiny_unet):
     x, t, context = unet_inputs(tiny_unet.cfg)
-    out, kvs = tiny_unet(x, t, context, return_kv=True)
+    out, kvs = tiny_unet.forward_recording_kv(x, t, context)
     assert len(kvs) == tiny_unet.num_self_attention_layers == 4  # down 1, mid 1, up 2
     assert torch.equal(tiny_unet(x, t, context, kv=kvs), out)
 
@@ -93,7 +93,7 @@ def test_kv_from_another_input_changes_the_output(tiny_unet):
     x, t, context = unet_inputs(tiny_unet.cfg)
     other, _, _ = unet_inputs(tiny_unet.cfg, seed=1)
     out = tiny_unet(x, t, context)
-    _, other_kvs = tiny_unet(other, t, context, return_kv=True)
+    _, other_kvs = tiny_unet.forward_recording_kv(other, t, context)
     assert (tiny_unet(x, t, context, kv=other_kvs) - out).abs().max() > 1e-2 * out.abs().max()
 
 
@@ -129,6 +129,6 @@ def test_sd15_shapes_vae_matches_diffusers(sd15_folder):
 def test_sd15_has_16_self_attention_layers_and_replays(sd15_folder):
     unet = weights.load_unet(sd15_folder)
     x, t, context = unet_inputs(unet.cfg, size=16)
-    out, kvs = unet(x, t, context, return_kv=True)
+    out, kvs = unet.forward_recording_kv(x, t, context)
     assert len(kvs) == 16
     assert torch.equal(unet(x, t, context, kv=kvs), out)
