@@ -24,6 +24,14 @@ TINY_UNET = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBl
 TINY_VAE = dict(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4, norm_num_groups=4,
                 sample_size=32)
+# SDXL's structure at tiny size (UNetConfig.tiny_sdxl()): no attention at level 0, transformer depth 2 and 3,
+# linear projections, the text_time added embedding (pooled 16 + 6 x 8)
+TINY_SDXL_UNET = dict(block_out_channels=(32, 64, 64), layers_per_block=2,
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                      transformer_layers_per_block=(1, 2, 3), attention_head_dim=(2, 2, 4), cross_attention_dim=48,
+                      use_linear_projection=True, norm_num_groups=8, addition_embed_type="text_time",
+                      addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8, sample_size=16)
 # SD1.5's real shapes (diffusers' defaults otherwise), for the slow tests
 SD15_UNET = dict(cross_attention_dim=768)
 SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -83,6 +91,12 @@ def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_V
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory) -> Path:
     return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_unet_folder(tmp_path_factory) -> Path:
+    return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sdxl_unet"), unet=TINY_SDXL_UNET, vae=None,
+                                 text_encoder=None, seed=2)
 
 
 @pytest.fixture(scope="session")
