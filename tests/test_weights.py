@@ -379,10 +379,11 @@ def test_pickled_objects_are_refused(tmp_path):
         weights.load_unet(path)
 
 
-def test_sd2_open_clip_text_model_is_explained(tmp_path):
+def test_file_matching_no_backbone_is_a_clear_error(tmp_path):
+    """A text model alone (no UNet to tell the backbone by) is no SD1.x/2.x/XL checkpoint."""
     path = tmp_path / "sd2.safetensors"
     save_file({"cond_stage_model.model.positional_embedding": torch.zeros(77, 8)}, path)
-    with pytest.raises(WeightsError, match="OpenCLIP text model, which only loads from a diffusers folder"):
+    with pytest.raises(WeightsError, match="matches none of the backbones SD1.x, SD2.x, SDXL"):
         weights.load_text_encoder(path)
 
 

@@ -10,12 +10,13 @@ checkpoints and hub model ids, into the modules of models/.
 
 Command line: `python -m weights.fetch [MODEL_ID] [--ip-adapter h94/IP-Adapter]`.
 """
+from .backbones import BACKBONES, HUB_IDS, backbone_of
 from .errors import WeightsError, WeightsNotFoundError
 from .hub import DEFAULT_MODEL, cache_dir, download, resolve
 from .ip_adapter import IP_ADAPTER_REPO, load_image_encoder, load_ip_adapter
 from .load import load_text_encoder, load_unet, load_vae
 from .lpips import load_lpips
 
-__all__ = ["WeightsError", "WeightsNotFoundError", "DEFAULT_MODEL", "cache_dir", "download", "resolve",
+__all__ = ["BACKBONES", "HUB_IDS", "backbone_of", "WeightsError", "WeightsNotFoundError", "DEFAULT_MODEL", "cache_dir", "download", "resolve",
            "load_text_encoder", "load_unet", "load_vae", "IP_ADAPTER_REPO", "load_ip_adapter", "load_image_encoder",
            "load_lpips"]

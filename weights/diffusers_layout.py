@@ -20,7 +20,8 @@ from .errors import WeightsError, WeightsNotFoundError
 from .files import Checkpoint, read_state_dict
 from .keys import DEPRECATED_VAE_ATTENTION, rename_parts
 
-WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model",
+                "text_encoder_2": "model"}
 
 # UNet2DConditionModel options our UNet lacks, with the one value it implements (every SD1.x/2.x
 # checkpoint's). upcast_attention (true in SD2.1) is absent on purpose: diffusers' SDPA processor
@@ -142,9 +143,13 @@ def read_vae(root: Path, variant: Optional[str] = None) -> Checkpoint:
     return Checkpoint(rename_parts(read_state_dict(path), DEPRECATED_VAE_ATTENTION), config, path)
 
 
-def read_text_encoder(root: Path, variant: Optional[str] = None) -> Checkpoint:
-    """transformers' CLIPTextModel weights and config (keys in whichever transformers layout saved them)."""
-    folder = root / "text_encoder"
-    read_json(folder / "config.json")  # a clear error when it is missing
-    path = weights_file(folder, "text_encoder", variant)
-    return Checkpoint(read_state_dict(path), CLIPTextConfig.from_pretrained(folder), path)
+def read_text_encoders(root: Path, variant: Optional[str] = None) -> list[Checkpoint]:
+    """transformers' CLIPTextModel weights and config (keys in whichever transformers layout saved them);
+    SDXL folders add text_encoder_2/ (a CLIPTextModelWithProjection)."""
+    ckpts = []
+    for component in ("text_encoder", "text_encoder_2") if (root / "text_encoder_2").is_dir() else ("text_encoder",):
+        folder = root / component
+        read_json(folder / "config.json")  # a clear error when it is missing
+        path = weights_file(folder, component, variant)
+        ckpts.append(Checkpoint(read_state_dict(path), CLIPTextConfig.from_pretrained(folder), path))
+    return ckpts

@@ -9,7 +9,7 @@ import argparse
 from typing import Optional, Sequence
 
 from .errors import WeightsError
-from .hub import COMPONENTS, DEFAULT_MODEL, cache_dir, download
+from .hub import COMPONENTS, DEFAULT_MODEL, cache_dir, download, model_components
 from .ip_adapter import HUB_FILES, IP_ADAPTER_REPO, fetch_ip_adapter
 
 
@@ -19,15 +19,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("model_id", nargs="?", help=f"hub model id of SD weights (default {DEFAULT_MODEL}, "
                                                     f"unless only --ip-adapter is given)")
     parser.add_argument("--variant", help='weights variant, e.g. "fp16" (half the download)')
-    parser.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS))
+    parser.add_argument("--components", nargs="+", choices=COMPONENTS,
+                        help="default: all an edit needs (SDXL ids: text_encoder_2 and tokenizer_2 too)")
     parser.add_argument("--ip-adapter", metavar="REPO",
                         help=f"also fetch IP-Adapter-Plus from REPO, laid out like {IP_ADAPTER_REPO} (~2.5 GB)")
     args = parser.parse_args(argv)
     model_id = args.model_id or (None if args.ip_adapter else DEFAULT_MODEL)
     try:
         if model_id:
-            print(f"fetching {model_id} ({', '.join(args.components)}) into {cache_dir()}")
-            print(download(model_id, args.components, args.variant))
+            components = args.components or model_components(model_id)
+            print(f"fetching {model_id} ({', '.join(components)}) into {cache_dir()}")
+            print(download(model_id, components, args.variant))
         if args.ip_adapter:
             print(f"fetching {args.ip_adapter} ({', '.join(HUB_FILES)}) into {cache_dir()}")
             print(fetch_ip_adapter(args.ip_adapter))
