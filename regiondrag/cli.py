@@ -21,12 +21,13 @@ class UsageError(ValueError):
     """A command line that cannot be run as given."""
 
 
-def _add_inputs(p: argparse.ArgumentParser) -> None:
+def _add_inputs(p: argparse.ArgumentParser, max_side_default: Optional[int] = MAX_SIDE, max_side_help: str = "") -> None:
     p.add_argument("--image", required=True, type=Path, help="the photo to edit (PNG, JPEG, ...)")
     p.add_argument("--regions", required=True, type=Path,
                    help="region file: our JSON format (see README), or a DragBench meta_data_region.pkl")
     p.add_argument("--out", required=True, type=Path, help="where to write the result (PNG or JPEG)")
-    p.add_argument("--max-side", type=int, default=MAX_SIDE, help="long side the model works at (default %(default)s)")
+    p.add_argument("--max-side", type=int, default=max_side_default,
+                   help=max_side_help or "long side the model works at (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("edit", help="drag the handle regions' content to the target regions")
-    _add_inputs(e)
+    _add_inputs(e, None, "long side the model works at (default: the backbone's, SD1.5 512, SD2.1 768, SDXL 1024)")
     e.add_argument("--prompt", default=None, help="text prompt (default: empty, or the DragBench file's)")
     e.add_argument("--mask", type=Path, help="editable-area mask PNG (non-zero = may change)")
     e.add_argument("--weights", default=None,
-                   help="SD weights: diffusers folder, single-file checkpoint, or hub id (default: SD1.5)")
+                   help="SD weights: diffusers folder, single-file checkpoint, or hub id (default: --model's hub id)")
+    e.add_argument("--model", choices=P.WORKING_SIZES, default="sd15",
+                   help="backbone whose hub weights are the default (sd15, sd21, sdxl); with --weights, the "
+                        "backbone is the weights' own")
+    e.add_argument("--vae", default=None, metavar="SRC",
+                   help="another VAE (folder, file or hub id), e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16")
     e.add_argument("--ip-adapter", default=None,
                    help="IP-Adapter-Plus source (e.g. h94/IP-Adapter or a local folder); the reference uses it")
-    e.add_argument("--ip-scale", type=float, default=P.IP_SCALE)
+    e.add_argument("--ip-scale", type=float, default=None, help="default: the backbone's (SD1.5 0.5, SDXL 0.6)")
     e.add_argument("--ip-plain-tokens", action="store_true",
                    help="IP-Adapter's own 16 image tokens instead of the reference's 32 (zero image + photo)")
     e.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
@@ -75,11 +81,13 @@ def _check_outputs(args: argparse.Namespace, *outputs: Optional[Path]) -> None:
             image_format(out)  # an unknown extension fails now, not after the edit
 
 
-def _read_regions(args: argparse.Namespace, photo_size):
-    """(regions, mapping, prompt, mask) from our JSON or a DragBench pickle."""
+def _read_regions(args: argparse.Namespace, photo_size, max_side: Optional[int] = None):
+    """(regions, mapping, prompt, mask) from our JSON or a DragBench pickle (mapped at max_side, default
+    --max-side)."""
     if args.regions.suffix == ".pkl":
         meta = read_meta_data(args.regions)
-        return None, region_mapping(meta, photo_size, working_size(*photo_size, args.max_side)), meta.prompt, meta.mask
+        side = max_side or args.max_side
+        return None, region_mapping(meta, photo_size, working_size(*photo_size, side)), meta.prompt, meta.mask
     return regions_from_json(args.regions, photo_size), None, None, None
 
 
@@ -95,22 +103,27 @@ def run_preview(args: argparse.Namespace) -> Path:
 
 def run_edit(args: argparse.Namespace) -> Path:
     from .attention_swap import AttentionSwap
-    from .pipeline import DTYPES, RegionDragPipeline
+    from .pipeline import BY_BACKBONE, DTYPES, WORKING_SIZES, RegionDragPipeline
 
     _check_outputs(args, args.out, args.preview_out)
     photo = load_image(args.image)
-    regions, mapping, prompt, mask = _read_regions(args, photo.size)
-    if args.mask is not None:
-        mask = np.asarray(load_image(args.mask).convert("L")) > 0
-    pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=args.ip_adapter,
+    side = args.max_side or WORKING_SIZES[args.model]  # read the regions (and fail on them) before the slow load
+    regions, mapping, prompt, mask = _read_regions(args, photo.size, side)
+    user_mask = None if args.mask is None else np.asarray(load_image(args.mask).convert("L")) > 0
+    pipe = RegionDragPipeline.from_pretrained(args.weights, model=args.model, vae=args.vae, ip_adapter=args.ip_adapter,
                                               ip_reference_layout=not args.ip_plain_tokens, device=args.device,
                                               dtype=DTYPES.get(args.dtype))
+    if side != (args.max_side or WORKING_SIZES[pipe.backbone]):  # --weights of another backbone than --model's
+        side = WORKING_SIZES[pipe.backbone]
+        regions, mapping, prompt, mask = _read_regions(args, photo.size, side)
+    mask = mask if user_mask is None else user_mask
     result = pipe.edit(photo, regions, args.prompt if args.prompt is not None else (prompt or ""), mask,
                        mapping=mapping, steps=args.steps, start_t=args.start_t, end_t=args.end_t,
-                       noise_scale=args.noise_scale, seed=args.seed, method=args.method, ip_scale=args.ip_scale,
+                       noise_scale=args.noise_scale, seed=args.seed, method=args.method,
+                       ip_scale=BY_BACKBONE if args.ip_scale is None else args.ip_scale,
                        grid=args.grid, paste_schedule=args.paste_schedule,
                        attention_swap=AttentionSwap(enabled=not args.no_attention_swap),
-                       point_fraction=args.point_fraction, max_side=args.max_side, progress=not args.quiet)
+                       point_fraction=args.point_fraction, max_side=side, progress=not args.quiet)
     if args.preview_out is not None and result.preview is not None:
         save_image_atomic(result.preview, args.preview_out)
     return save_image_atomic(result.image, args.out)

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from models.attention import ImagePrompt
-from models.unet import UNet
+from models.unet import Conditioning, Context, UNet
 from models.vae import AutoencoderKL
 from sampling import (START_T, STEPS, Grid, Trajectory, consistent_grid, denoise, invert, reference_grid,
                       scaled_linear_alphas_cumprod)
@@ -30,7 +30,7 @@ from sampling import (START_T, STEPS, Grid, Trajectory, consistent_grid, denoise
 from .attention_swap import AttentionSwap, KVStore
 from .copy_paste import END_T, add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
-from .image_prompt import IP_SCALE, ImagePrompter
+from .image_prompt import IP_SCALES, ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
 from .regions import Region, RegionError
 
@@ -45,6 +45,10 @@ METHODS = {  # ours -> the reference UI's names
 }
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
 GRIDS = {"reference": reference_grid, "consistent": consistent_grid}
+# Per backbone (weights.backbones): the long side the reference works at (region_utils/drag.py);
+# edit's `max_side` and `ip_scale` default to the pipeline's backbone's (IP_SCALES in image_prompt)
+WORKING_SIZES = {"sd15": MAX_SIDE, "sd21": 768, "sdxl": 1024}
+BY_BACKBONE = "backbone"
 
 
 @dataclass
@@ -53,7 +57,7 @@ class Inversion:
     latents: list[Tensor]        # x at every inversion level, latents[0] the encoded photo
     noises: list[Tensor]         # cycle-SDE noises in inversion order (empty for DDIM)
     kv: KVStore                  # self-attention K/V of every inversion UNet call
-    context: Tensor              # (1, 77, C) prompt embedding
+    context: Context             # (1, 77, C) prompt embedding; SDXL: a Conditioning (+ pooled, size ids)
     image_prompt: Optional[ImagePrompt]
     generator_state: Tensor      # RNG state after inversion, so a re-edit draws what an edit draws
 
@@ -80,10 +84,14 @@ def _sync(device: torch.device) -> None:
 
 
 class RegionDragPipeline:
-    def __init__(self, unet: UNet, vae: AutoencoderKL, text_encoder: Callable[[str], Tensor],
+    def __init__(self, unet: UNet, vae: AutoencoderKL, text_encoder: Callable[[str], Context],
                  image_prompter: Optional[Callable[[Image.Image, float], ImagePrompt]] = None):
-        """image_prompter: (photo, scale) -> IP-Adapter image tokens, e.g. an ImagePrompter."""
+        """image_prompter: (photo, scale) -> IP-Adapter image tokens, e.g. an ImagePrompter.
+        The backbone (sd15 / sd21 / sdxl, from the UNet's structure) picks edit's working size and IP scale."""
+        import weights
+
         self.unet, self.vae, self.text_encoder, self.image_prompter = unet, vae, text_encoder, image_prompter
+        self.backbone = weights.backbone_of(unet.cfg)
         p = next(unet.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
@@ -91,18 +99,19 @@ class RegionDragPipeline:
         self._timesteps: dict[int, Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, src: Optional[str] = None, *, ip_adapter: Optional[str] = None,
-                        ip_reference_layout: bool = True,
+    def from_pretrained(cls, src: Optional[str] = None, *, model: str = "sd15", vae: Optional[str] = None,
+                        ip_adapter: Optional[str] = None, ip_reference_layout: bool = True,
                         device: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> "RegionDragPipeline":
-        """Load SD weights (a diffusers folder, a single-file checkpoint or a hub id), and
+        """Load SD weights (a diffusers folder, a single-file checkpoint or a hub id; default: the hub id
+        of backbone `model`), the VAE from `vae` if given (e.g. an fp16-safe SDXL VAE), and
         IP-Adapter-Plus from `ip_adapter` if given (32 image tokens as the reference passes them,
         or its own 16 with ip_reference_layout=False)."""
         import weights
 
         device, dtype = default_device_dtype(device, dtype)
-        src = src or weights.DEFAULT_MODEL
+        src = src or weights.HUB_IDS[model]
         unet = weights.load_unet(src, dtype=dtype, device=device)
-        vae = weights.load_vae(src, dtype=dtype, device=device)
+        vae = weights.load_vae(vae or src, dtype=dtype, device=device)
         text_encoder = weights.load_text_encoder(src, dtype=dtype, device=device)
         prompter = None
         if ip_adapter:
@@ -140,9 +149,9 @@ class RegionDragPipeline:
     @torch.no_grad()
     def edit(self, image: ImageLike, regions: Optional[Sequence[Region]] = None, prompt: str = "",
              mask: Optional[np.ndarray] = None, *, mapping: Optional[Mapping] = None, steps: int = STEPS, start_t: float = START_T, end_t: float = END_T, noise_scale: float = NOISE_SCALE,
-             seed: int = SEED, method: str = "encode_then_cp", ip_scale: float = IP_SCALE, grid: str = "reference",
+             seed: int = SEED, method: str = "encode_then_cp", ip_scale: float | str = BY_BACKBONE, grid: str = "reference",
              paste_schedule: str = "every_step", attention_swap: AttentionSwap = AttentionSwap(),
-             point_fraction: float = 1.0, max_side: Optional[int] = MAX_SIDE, return_intermediates: bool = False,
+             point_fraction: float = 1.0, max_side: Optional[int] | str = BY_BACKBONE, return_intermediates: bool = False,
              progress: bool = True) -> EditResult:
         """Move the content of each handle region to its target region.
 
@@ -157,6 +166,8 @@ class RegionDragPipeline:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if grid not in GRIDS:
             raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
+        max_side = WORKING_SIZES[self.backbone] if max_side == BY_BACKBONE else max_side
+        ip_scale = IP_SCALES.get(self.backbone, 0.0) if ip_scale == BY_BACKBONE else ip_scale
         timings, clock = {}, time.perf_counter()
         photo = load_image(image)
         size = working_size(*photo.size, max_side)
@@ -244,6 +255,8 @@ class RegionDragPipeline:
         clock = time.perf_counter()
         generator = torch.Generator(self.device).manual_seed(seed)
         context = self.text_encoder(prompt).to(self.device, self.dtype)
+        if isinstance(context, Conditioning):  # SDXL: the size time ids are the working image's
+            context = context.at_size(*work.size)
         image_prompt = None
         if ip_scale and self.image_prompter is not None:
             image_prompt = self.image_prompter(work, ip_scale)
@@ -273,7 +286,7 @@ class RegionDragPipeline:
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def _model(self, context: Tensor, image_prompt: Optional[ImagePrompt]):
+    def _model(self, context: Context, image_prompt: Optional[ImagePrompt]):
         return lambda x, t, i: self.unet(x, self._timestep(t), context, image_prompt=image_prompt)
 
     @staticmethod

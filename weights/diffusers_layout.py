@@ -137,7 +137,9 @@ def read_unet(root: Path, variant: Optional[str] = None) -> Checkpoint:
 
 
 def read_vae(root: Path, variant: Optional[str] = None) -> Checkpoint:
-    folder = root / "vae"
+    """From a pipeline folder's vae/, or a VAE's own folder (config.json at its root, as the community
+    fp16-safe SDXL VAE madebyollin/sdxl-vae-fp16-fix is published)."""
+    folder = root / "vae" if (root / "vae").is_dir() or not (root / "config.json").is_file() else root
     config = vae_config(read_json(folder / "config.json"), folder / "config.json")
     path = weights_file(folder, "vae", variant)
     return Checkpoint(rename_parts(read_state_dict(path), DEPRECATED_VAE_ATTENTION), config, path)

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from .errors import WeightsError
 from .hub import COMPONENTS, DEFAULT_MODEL, cache_dir, download, model_components
-from .ip_adapter import HUB_FILES, IP_ADAPTER_REPO, fetch_ip_adapter
+from .ip_adapter import IP_ADAPTER_FILES, IP_ADAPTER_REPO, fetch_ip_adapter
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -23,6 +23,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="default: all an edit needs (SDXL ids: text_encoder_2 and tokenizer_2 too)")
     parser.add_argument("--ip-adapter", metavar="REPO",
                         help=f"also fetch IP-Adapter-Plus from REPO, laid out like {IP_ADAPTER_REPO} (~2.5 GB)")
+    parser.add_argument("--ip-backbone", choices=IP_ADAPTER_FILES, default="sd15",
+                        help="which backbone's IP-Adapter-Plus to fetch (default %(default)s)")
     args = parser.parse_args(argv)
     model_id = args.model_id or (None if args.ip_adapter else DEFAULT_MODEL)
     try:
@@ -31,8 +33,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"fetching {model_id} ({', '.join(components)}) into {cache_dir()}")
             print(download(model_id, components, args.variant))
         if args.ip_adapter:
-            print(f"fetching {args.ip_adapter} ({', '.join(HUB_FILES)}) into {cache_dir()}")
-            print(fetch_ip_adapter(args.ip_adapter))
+            print(f"fetching {args.ip_adapter} ({IP_ADAPTER_FILES[args.ip_backbone]} and the image encoder) "
+                  f"into {cache_dir()}")
+            print(fetch_ip_adapter(args.ip_adapter, args.ip_backbone))
     except WeightsError as e:
         parser.exit(1, f"error: {e}\n")
     return 0

@@ -31,6 +31,7 @@ LOCAL_WEIGHTS = "`--weights PATH` (a diffusers folder or a .safetensors/.ckpt fi
 COMPONENT_FILES = {
     "unet": ("unet/config.json", "unet/diffusion_pytorch_model{v}.safetensors"),
     "vae": ("vae/config.json", "vae/diffusion_pytorch_model{v}.safetensors"),
+    "vae_alone": ("config.json", "diffusion_pytorch_model{v}.safetensors"),  # a repo holding a VAE only
     "text_encoder": ("text_encoder/config.json", "text_encoder/model{v}.safetensors"),
     "tokenizer": ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
                   "tokenizer/special_tokens_map.json"),

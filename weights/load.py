@@ -28,7 +28,7 @@ from . import diffusers_layout, original_layout
 from .errors import WeightsNotFoundError
 from .files import Checkpoint, PathLike, check_state_dict, raise_on_mismatch
 from .backbones import HUB_IDS
-from .hub import DEFAULT_MODEL, resolve, text_components
+from .hub import DEFAULT_MODEL, MODEL_ID, resolve, text_components
 
 Device = Union[str, torch.device]
 READERS = {  # component -> (diffusers-folder reader, single-file reader)
@@ -89,9 +89,22 @@ def load_unet(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
     return _build(UNet, config or ckpt.config, ckpt, dtype, device)
 
 
+def _vae_path(src: PathLike, variant: Optional[str]) -> Path:
+    """A pipeline's vae/, or a hub repo holding a VAE alone (config.json and weights at its root)."""
+    try:
+        return resolve(src, ("vae",), variant)
+    except WeightsNotFoundError as first:
+        if not MODEL_ID.fullmatch(str(src)):
+            raise
+        try:
+            return resolve(src, ("vae_alone",), variant)
+        except WeightsNotFoundError:
+            raise first from None
+
+
 def load_vae(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
              config: Optional[VAEConfig] = None, variant: Optional[str] = None) -> AutoencoderKL:
-    ckpt = _read(resolve(src, ("vae",), variant), "vae", variant, config)
+    ckpt = _read(_vae_path(src, variant), "vae", variant, config)
     return _build(AutoencoderKL, config or ckpt.config, ckpt, dtype, device)
 
 
