@@ -43,6 +43,11 @@ MERGES = ["t h", "th e</w>"]
 TINY_CLIP = dict(vocab_size=len(TOKENS), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                  num_attention_heads=4, max_position_embeddings=77, bos_token_id=TOKENS.index("<|startoftext|>"),
                  eos_token_id=TOKENS.index("<|endoftext|>"), pad_token_id=TOKENS.index("<|endoftext|>"))
+# SDXL's second text encoder at tiny size: OpenCLIP-style (GELU, 64-wide heads), 3 layers, projected
+# pooled embedding; 32 + 16 = the tiny SDXL UNet's 48-wide context, projection 16 its pooled width
+TINY_CLIP_2 = dict(TINY_CLIP, hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=1,
+                   hidden_act="gelu", projection_dim=16)
+TINY_SDXL_VAE = dict(TINY_VAE, scaling_factor=0.13025)  # SDXL's VAE config records its latent scale
 
 
 def randomize_norms(model: nn.Module) -> nn.Module:
@@ -69,10 +74,11 @@ def write_clip_tokenizer(folder: Path) -> Path:
 
 
 def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE, text_encoder: dict = TINY_CLIP,
-                          prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """A diffusers pipeline folder of random weights; pass None to leave a component out."""
+                          prediction_type: str = "epsilon", seed: int = 0, text_encoder_2: dict = None) -> Path:
+    """A diffusers pipeline folder of random weights; pass None to leave a component out (SDXL's
+    text_encoder_2/ and tokenizer_2/ are left out unless given)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     if unet is not None:
@@ -82,6 +88,10 @@ def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_V
     if text_encoder is not None:
         randomize_norms(CLIPTextModel(CLIPTextConfig(**text_encoder))).save_pretrained(root / "text_encoder")
         write_clip_tokenizer(root / "tokenizer")
+    if text_encoder_2 is not None:
+        model = CLIPTextModelWithProjection(CLIPTextConfig(**text_encoder_2))
+        randomize_norms(model).save_pretrained(root / "text_encoder_2")
+        write_clip_tokenizer(root / "tokenizer_2")
     # SD's noise schedule; prediction_type is where diffusers records SD2.1-768's v-prediction
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                   prediction_type=prediction_type).save_config(root / "scheduler")
@@ -91,6 +101,13 @@ def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_V
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory) -> Path:
     return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory) -> Path:
+    """A whole tiny SDXL pipeline: UNet (UNetConfig.tiny_sdxl()), VAE, both text encoders and tokenizers."""
+    return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sdxl"), unet=TINY_SDXL_UNET, vae=TINY_SDXL_VAE,
+                                 text_encoder_2=TINY_CLIP_2, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,17 @@
 """SDXL: our UNet (UNetConfig.sdxl() structure) against diffusers' UNet2DConditionModel with an
 SDXL-style config on the same random weights, loaded through weights/ from a diffusers folder."""
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from diffusers import UNet2DConditionModel as RefUNet
 from test_model_parity import assert_close, unet_inputs
 
 import weights
 from models import UNet, UNetConfig
+from models.text_encoder import SDXLTextEncoder
 from models.unet import Conditioning
 
 
@@ -44,3 +49,110 @@ def test_sdxl_base_has_70_self_attention_layers():
         unet = UNet(UNetConfig.sdxl())
     assert unet.num_self_attention_layers == 70  # down 2x2 + 2x10, mid 10, up 3x10 + 3x2
     assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684  # diffusers' SDXL base UNet
+
+
+# -- text conditioning: both encoders, pooled projection, size ids -----------------------------
+
+def diffusers_sdxl_pipeline(folder):
+    """diffusers' StableDiffusionXLPipeline assembled from the folder's components (the reference for
+    encode_prompt and the size time ids)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    return StableDiffusionXLPipeline(
+        vae=AutoencoderKL.from_pretrained(folder / "vae"), unet=RefUNet.from_pretrained(folder / "unet"),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+        scheduler=DDIMScheduler.from_pretrained(folder / "scheduler"))
+
+
+def test_sdxl_text_encoders_match_diffusers_encode_prompt(tiny_sdxl_folder):
+    encoder = weights.load_text_encoder(tiny_sdxl_folder)
+    assert isinstance(encoder, SDXLTextEncoder) and encoder.width == UNetConfig.tiny_sdxl().context_dim
+    ref = diffusers_sdxl_pipeline(tiny_sdxl_folder)
+    prompts = ["the cat", "a dog on the hat"]
+    context, _, pooled, _ = ref.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
+    ours = encoder(prompts)
+    assert ours.context.shape == (2, 77, 48) and ours.pooled.shape == (2, 16)
+    assert_close(ours.context, context)
+    assert_close(ours.pooled, pooled)
+    # and the size ids the UNet gets for a 96 x 64 (w x h) image, as diffusers builds them
+    ids = ref._get_add_time_ids((64, 96), (0, 0), (64, 96), torch.float32, text_encoder_projection_dim=16)
+    assert torch.equal(Conditioning(context[:1]).at_size(96, 64).time_ids, ids)
+
+
+# -- the pipeline and the CLI, end to end on the tiny SDXL ---------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_tiny_sdxl_edit_end_to_end(tiny_sdxl_folder):
+    from regiondrag.pipeline import RegionDragPipeline
+    from regiondrag.regions import regions_from_json
+
+    pipe = RegionDragPipeline.from_pretrained(str(tiny_sdxl_folder), device="cpu", dtype=torch.float32)
+    assert pipe.backbone == "sdxl" and pipe.vae.scaling_factor == 0.13025  # from vae/config.json
+    photo = Image.open(EXAMPLES / "chelsea.png").convert("RGB")
+    result = pipe.edit(photo, regions_from_json(EXAMPLES / "chelsea.json", photo.size), max_side=64, steps=10,
+                       progress=False, return_intermediates=True)
+    assert result.image.size == photo.size
+    cond = result.inversion.context
+    assert torch.equal(cond.time_ids, torch.tensor([[40.0, 64, 0, 0, 40, 64]]))  # the 64 x 40 working image
+    assert np.asarray(result.image).std() > 1  # not a flat image
+
+
+def test_cli_edit_runs_on_a_tiny_sdxl(tiny_sdxl_folder, tmp_path, capsys):
+    from regiondrag.cli import main
+
+    out = tmp_path / "edited.png"
+    code = main([str(a) for a in ("edit", "--image", EXAMPLES / "chelsea.png", "--regions", EXAMPLES / "chelsea.json",
+                                  "--out", out, "--weights", tiny_sdxl_folder, "--max-side", "64", "--quiet",
+                                  "--device", "cpu", "--dtype", "fp32", "--steps", "10")])
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(out).size == Image.open(EXAMPLES / "chelsea.png").size
+
+
+# -- IP-Adapter-Plus SDXL against diffusers' IP-Adapter processors --------------------------------
+
+def test_sdxl_ip_adapter_plus_matches_diffusers(tiny_sdxl_unet_folder, tmp_path):
+    from safetensors.torch import save_file
+    from test_ip_adapter import load_into_diffusers, official_state_dict
+
+    from models.attention import ImagePrompt
+    from models.resampler import ResamplerConfig
+    from weights.ip_adapter import load_ip_adapter
+
+    rcfg = ResamplerConfig.tiny(output_dim=UNetConfig.tiny_sdxl().context_dim)
+    dunet = RefUNet.from_pretrained(tiny_sdxl_unet_folder / "unet").eval()
+    state = official_state_dict(dunet, rcfg)
+    assert len([k for k in state if k.endswith("to_k_ip.weight")]) == 2 * 2 + 2 * 3 + 3 + 3 * 3 + 3 * 2
+    save_file(state, tmp_path / "ip-adapter-plus_sdxl_vit-h.safetensors")
+    unet = weights.load_unet(tiny_sdxl_unet_folder)
+    resampler = load_ip_adapter(tmp_path / "ip-adapter-plus_sdxl_vit-h.safetensors", unet).eval()
+    assert resampler.cfg == rcfg  # inferred from the file's shapes
+    load_into_diffusers(dunet, state, 0.6)
+    x, t, cond = unet_inputs(unet.cfg)
+    features = torch.randn(2, 17, rcfg.embedding_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = unet(x, t, cond, image_prompt=ImagePrompt(resampler(features), 0.6))
+        ref = dunet(x, t, encoder_hidden_states=cond.context,
+                    added_cond_kwargs=dict(text_embeds=cond.pooled, time_ids=cond.time_ids,
+                                           image_embeds=[features[:, None]])).sample
+        plain = unet(x, t, cond)
+    assert_close(ours, ref)
+    assert (ours - plain).abs().max() > 1e-2 * plain.abs().max()  # the image branch does contribute
+
+
+def test_sdxl_edit_uses_the_references_ip_scale_by_default(tiny_sdxl_folder):
+    """SDXL's default image-prompt scale is the reference's 0.6 (SD1.5's 0.5), when none is given."""
+    from regiondrag.pipeline import RegionDragPipeline
+
+    pipe = RegionDragPipeline.from_pretrained(str(tiny_sdxl_folder), device="cpu", dtype=torch.float32)
+    scales = []
+    pipe.image_prompter = lambda photo, scale: scales.append(scale)  # None: no image tokens after all
+    mapping = (np.array([[1, 1]]), np.array([[3, 2]]))
+    pipe.edit(Image.new("RGB", (64, 48), "gray"), mapping=mapping, max_side=64, steps=4, progress=False)
+    pipe.edit(Image.new("RGB", (64, 48), "white"), mapping=mapping, max_side=64, steps=4, ip_scale=0.3, progress=False)
+    assert scales == [0.6, 0.3]
