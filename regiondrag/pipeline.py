@@ -111,12 +111,12 @@ class RegionDragPipeline:
         device, dtype = default_device_dtype(device, dtype)
         src = src or weights.HUB_IDS[model]
         unet = weights.load_unet(src, dtype=dtype, device=device)
-        vae = weights.load_vae(vae or src, dtype=dtype, device=device)
-        text_encoder = weights.load_text_encoder(src, dtype=dtype, device=device)
         prompter = None
-        if ip_adapter:
+        if ip_adapter:  # before the rest: SD2.x has no adapter, which should not wait for the text encoder
             prompter = ImagePrompter.from_pretrained(unet, ip_adapter, reference_layout=ip_reference_layout,
                                                      dtype=dtype, device=device)
+        vae = weights.load_vae(vae or src, dtype=dtype, device=device)
+        text_encoder = weights.load_text_encoder(src, dtype=dtype, device=device)
         return cls(unet, vae, text_encoder, prompter)
 
     def cached_inversion(self) -> Optional[Inversion]:

@@ -24,6 +24,9 @@ TINY_UNET = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBl
 TINY_VAE = dict(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4, norm_num_groups=4,
                 sample_size=32)
+# SD2.x's structure at tiny size: linear projections, heads per level (v-prediction is the scheduler's)
+TINY_SD2_UNET = dict(TINY_UNET, use_linear_projection=True, attention_head_dim=(2, 4),
+                     down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2)
 # SDXL's structure at tiny size (UNetConfig.tiny_sdxl()): no attention at level 0, transformer depth 2 and 3,
 # linear projections, the text_time added embedding (pooled 16 + 6 x 8)
 TINY_SDXL_UNET = dict(block_out_channels=(32, 64, 64), layers_per_block=2,
@@ -47,6 +50,7 @@ TINY_CLIP = dict(vocab_size=len(TOKENS), hidden_size=32, intermediate_size=37, n
 # pooled embedding; 32 + 16 = the tiny SDXL UNet's 48-wide context, projection 16 its pooled width
 TINY_CLIP_2 = dict(TINY_CLIP, hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=1,
                    hidden_act="gelu", projection_dim=16)
+TINY_OPEN_CLIP = dict(TINY_CLIP, hidden_act="gelu")  # SD2.x's text model is OpenCLIP's: GELU, not quick-GELU
 TINY_SDXL_VAE = dict(TINY_VAE, scaling_factor=0.13025)  # SDXL's VAE config records its latent scale
 
 
@@ -101,6 +105,13 @@ def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_V
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory) -> Path:
     return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_folder(tmp_path_factory) -> Path:
+    """A whole tiny SD2.1-768-style pipeline: linear-projection UNet predicting v, OpenCLIP-style text model."""
+    return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sd2"), unet=TINY_SD2_UNET, text_encoder=TINY_OPEN_CLIP,
+                                 prediction_type="v_prediction", seed=4)
 
 
 @pytest.fixture(scope="session")

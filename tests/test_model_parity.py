@@ -2,7 +2,7 @@
 diffusers' own models loaded from the same folders: outputs, K/V replay, fp16."""
 import pytest
 import torch
-from conftest import TINY_UNET, save_diffusers_folder
+from conftest import TINY_SD2_UNET, save_diffusers_folder
 from diffusers import AutoencoderKL as RefVAE
 from diffusers import UNet2DConditionModel as RefUNet
 
@@ -10,9 +10,6 @@ import weights
 from models import UNetConfig
 from models.unet import Conditioning
 
-# SD2.x's structure at tiny size: linear projections, heads per level, v-prediction
-TINY_SD2_UNET = dict(TINY_UNET, use_linear_projection=True, attention_head_dim=(2, 4),
-                     down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2)
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4) -> None:
