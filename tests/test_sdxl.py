@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from diffusers import UNet2DConditionModel as RefUNet
+from conftest import TINY_CLIP_2, TINY_SDXL_UNET, TINY_SDXL_VAE, save_diffusers_folder
 from test_model_parity import assert_close, unet_inputs
 
 import weights
@@ -156,3 +157,61 @@ def test_sdxl_edit_uses_the_references_ip_scale_by_default(tiny_sdxl_folder):
     pipe.edit(Image.new("RGB", (64, 48), "gray"), mapping=mapping, max_side=64, steps=4, progress=False)
     pipe.edit(Image.new("RGB", (64, 48), "white"), mapping=mapping, max_side=64, steps=4, ip_scale=0.3, progress=False)
     assert scales == [0.6, 0.3]
+
+
+# -- the original single-file SDXL layout ---------------------------------------------------------
+
+# SDXL's conventions at small size, so that the config is inferred from the shapes: 32 norm groups,
+# 64-wide heads, 2048-wide context, 256-wide size embeddings next to a 1280-wide pooled embedding
+SDXL_STYLE_UNET = dict(TINY_SDXL_UNET, block_out_channels=(64, 64, 128), layers_per_block=1,
+                       transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 1, 2), cross_attention_dim=2048,
+                       norm_num_groups=32, addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+SDXL_STYLE_VAE = dict(TINY_SDXL_VAE, block_out_channels=(32, 32, 64, 64), norm_num_groups=32)
+SDXL_STYLE_CLIP_2 = dict(TINY_CLIP_2, projection_dim=1280)
+
+
+def test_sdxl_single_file_loads_like_the_diffusers_folder(tmp_path):
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
+    from safetensors.torch import load_file, save_file
+    from test_sd21 import to_open_clip, with_text_model_prefix
+    from test_weights import assert_same_tensors, to_original_unet, to_original_vae
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    folder = save_diffusers_folder(tmp_path / "xl", unet=SDXL_STYLE_UNET, vae=SDXL_STYLE_VAE,
+                                   text_encoder_2=SDXL_STYLE_CLIP_2, seed=6)
+    unet, vae = RefUNet.from_pretrained(folder / "unet").eval(), AutoencoderKL.from_pretrained(folder / "vae")
+    clip = with_text_model_prefix(load_file(folder / "text_encoder" / "model.safetensors"))
+    clip_2 = with_text_model_prefix(load_file(folder / "text_encoder_2" / "model.safetensors"))
+    state = {**to_original_unet(unet.state_dict(), dict(unet.config)),
+             **to_original_vae(vae.state_dict(), dict(vae.config)),
+             **{"conditioner.embedders.0.transformer." + k: v for k, v in clip.items()},
+             **to_open_clip(clip_2, "conditioner.embedders.1.model.")}
+    # the layout really is the original one: diffusers' converters give back diffusers' tensors
+    assert_same_tensors(convert_ldm_unet_checkpoint(state, dict(unet.config)), unet.state_dict())
+    assert_same_tensors(convert_ldm_vae_checkpoint(state, dict(vae.config)), vae.state_dict())
+    assert_same_tensors(convert_ldm_clip_checkpoint(
+        {k: v for k, v in state.items() if k.startswith("conditioner.embedders.0.")}), clip)
+    model_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_STYLE_CLIP_2))
+    assert_same_tensors(convert_open_clip_checkpoint(model_2, state, prefix="conditioner.embedders.1.model."), clip_2)
+    path = tmp_path / "sdxl.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+
+    ours = weights.load_unet(path)  # config inferred: SDXL's structure, text_time 1280 + 6 x 256
+    assert ours.cfg == weights.load_unet(folder).cfg and weights.backbone_of(ours.cfg) == "sdxl"
+    x, t, cond = unet_inputs(ours.cfg, size=8)
+    with torch.no_grad():
+        expected = unet(x, t, encoder_hidden_states=cond.context,
+                        added_cond_kwargs=dict(text_embeds=cond.pooled, time_ids=cond.time_ids)).sample
+        assert_close(ours(x, t, cond), expected)
+    ours_vae = weights.load_vae(path)
+    assert ours_vae.scaling_factor == 0.13025  # SDXL's, though the file does not record it
+    assert_same_tensors(ours_vae.state_dict(), weights.load_vae(folder).state_dict())
+    # both text encoders (tiny widths: their configs are given), tokenizers from the folder
+    configs = [CLIPTextConfig.from_pretrained(folder / c) for c in ("text_encoder", "text_encoder_2")]
+    text = weights.load_text_encoder(path, config=configs, tokenizer=folder)
+    ref = weights.load_text_encoder(folder)
+    a, b = text(["the cat", "a hat"]), ref(["the cat", "a hat"])
+    assert_close(a.context, b.context)
+    assert_close(a.pooled, b.pooled)

@@ -34,6 +34,7 @@ def original_unet_prefixes(config: dict) -> list[tuple[str, str, bool]]:
     attn = [t.startswith("CrossAttn") for t in config["down_block_types"]]
     k = n + 1
     pairs = [("time_embedding.linear_1.", "time_embed.0.", False), ("time_embedding.linear_2.", "time_embed.2.", False),
+             ("add_embedding.linear_1.", "label_emb.0.0.", False), ("add_embedding.linear_2.", "label_emb.0.2.", False),
              ("conv_in.", "input_blocks.0.0.", False), ("conv_norm_out.", "out.0.", False),
              ("conv_out.", "out.2.", False), ("mid_block.attentions.0.", "middle_block.1.", False),
              ("mid_block.resnets.0.", "middle_block.0.", True), ("mid_block.resnets.1.", "middle_block.2.", True)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -129,21 +129,22 @@ def _clip_text_model(ckpt: Checkpoint, cfg: CLIPTextConfig, dtype: torch.dtype, 
 
 
 def load_text_encoder(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
-                      config: Optional[CLIPTextConfig] = None, tokenizer: Optional[PathLike] = None,
-                      skip_last_layers: int = 0, variant: Optional[str] = None) -> Union[TextEncoder, SDXLTextEncoder]:
+                      config: Union[None, CLIPTextConfig, Sequence[CLIPTextConfig]] = None,
+                      tokenizer: Optional[PathLike] = None, skip_last_layers: int = 0,
+                      variant: Optional[str] = None) -> Union[TextEncoder, SDXLTextEncoder]:
     """transformers' CLIPTextModel and CLIPTokenizer, wrapped; for SDXL (a folder with text_encoder_2/, a
-    single file with conditioner.embedders.*) both encoders, an SDXLTextEncoder. A single file carries no
-    tokenizer: it comes from `tokenizer` (a folder or hub id), by default its backbone's hub model's."""
+    single file with conditioner.embedders.*) both encoders, an SDXLTextEncoder (config: one per encoder).
+    A single file carries no tokenizer: it comes from `tokenizer` (a folder or hub id), by default its
+    backbone's hub model's."""
     path = resolve(src, text_components(src), variant)
     ckpts = _read(path, "text_encoder", variant, config)
+    configs = list(config) if isinstance(config, (list, tuple)) else [config] * len(ckpts)
     if path.is_dir():
         tokenizer_src = path if tokenizer is None else tokenizer
     else:
         tokenizer_src = tokenizer or HUB_IDS[original_layout.backbone_of_file(path)]
-    if len(ckpts) == 1:
-        cfg = config or ckpts[0].config
-        return TextEncoder(_clip_text_model(ckpts[0], cfg, dtype, device), _tokenizer(tokenizer_src), skip_last_layers)
-    first, second = (
-        TextEncoder(_clip_text_model(ckpt, ckpt.config, dtype, device, cls), _tokenizer(tokenizer_src, component))
-        for ckpt, cls, component in zip(ckpts, (CLIPTextModel, CLIPTextModelWithProjection), ("tokenizer", "tokenizer_2")))
-    return SDXLTextEncoder(first, second)
+    encoders = [TextEncoder(_clip_text_model(ckpt, cfg or ckpt.config, dtype, device, cls),
+                            _tokenizer(tokenizer_src, component), skip_last_layers)
+                for ckpt, cfg, cls, component in zip(ckpts, configs, (CLIPTextModel, CLIPTextModelWithProjection),
+                                                     ("tokenizer", "tokenizer_2"))]
+    return encoders[0] if len(encoders) == 1 else SDXLTextEncoder(*encoders)

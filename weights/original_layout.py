@@ -272,16 +272,18 @@ def open_clip_to_transformers(state: dict[str, Tensor], drop_last_layer: bool) -
     return out
 
 
-def read_text_encoders(path: Path, config=None) -> list[Checkpoint]:
+def read_text_encoders(path: Path, config=None) -> list[Checkpoint]:  # config: one, or one per text model
     """The file's text models in transformers' `text_model.*` layout (its loader adapts them to the
     installed version): one for SD1.x and SD2.x, two for SDXL (the second with its projection)."""
     backbone = backbone_of_file(path)
+    prefixes = TEXT_PREFIXES[backbone]
+    configs = list(config) if isinstance(config, (list, tuple)) else [config] * len(prefixes)  # one per model
     ckpts = []
-    for prefix in TEXT_PREFIXES[backbone]:
+    for prefix, given in zip(prefixes, configs):
         state = _read(path, prefix, "text model")
         open_clip = prefix.endswith(".model.")
         if open_clip:
             state = open_clip_to_transformers(state, drop_last_layer=backbone == "sd21")
         infer = lambda s, o=open_clip: infer_text_config(s, o)  # noqa: E731
-        ckpts.append(Checkpoint(state, _infer(path, "text model", infer, state, config), path))
+        ckpts.append(Checkpoint(state, _infer(path, "text model", infer, state, given), path))
     return ckpts
