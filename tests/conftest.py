@@ -35,6 +35,12 @@ TINY_SDXL_UNET = dict(block_out_channels=(32, 64, 64), layers_per_block=2,
                       transformer_layers_per_block=(1, 2, 3), attention_head_dim=(2, 2, 4), cross_attention_dim=48,
                       use_linear_projection=True, norm_num_groups=8, addition_embed_type="text_time",
                       addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8, sample_size=16)
+# SDXL base 1.0's unet/config.json (stabilityai/stable-diffusion-xl-base-1.0), diffusers' defaults otherwise
+SDXL_UNET = dict(block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, sample_size=128)
 # SD1.5's real shapes (diffusers' defaults otherwise), for the slow tests
 SD15_UNET = dict(cross_attention_dim=768)
 SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,

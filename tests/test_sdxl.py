@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from diffusers import UNet2DConditionModel as RefUNet
-from conftest import TINY_CLIP_2, TINY_SDXL_UNET, TINY_SDXL_VAE, save_diffusers_folder
+from conftest import SDXL_UNET, TINY_CLIP_2, TINY_SDXL_UNET, TINY_SDXL_VAE, save_diffusers_folder
 from test_model_parity import assert_close, unet_inputs
 
 import weights
@@ -215,3 +215,32 @@ def test_sdxl_single_file_loads_like_the_diffusers_folder(tmp_path):
     a, b = text(["the cat", "a hat"]), ref(["the cat", "a hat"])
     assert_close(a.context, b.context)
     assert_close(a.pooled, b.pooled)
+
+
+# -- SDXL base at its real widths and depths ------------------------------------------------------
+
+def test_sdxl_base_config_translates_to_the_preset(tmp_path):
+    from weights.diffusers_layout import unet_config
+
+    assert unet_config(dict(SDXL_UNET), tmp_path / "config.json") == UNetConfig.sdxl()
+
+
+@pytest.mark.slow
+def test_sdxl_base_shapes_unet_matches_diffusers():
+    """The full SDXL UNet (2.6 B parameters, ~10 GB in fp32) once in memory: ours is built on the meta
+    device and takes diffusers' tensors themselves (assign=True), so both compute with one storage."""
+    from conftest import randomize_norms
+
+    torch.manual_seed(0)
+    ref = randomize_norms(RefUNet(**SDXL_UNET)).eval()
+    with torch.device("meta"):
+        ours = UNet(UNetConfig.sdxl())
+    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
+    assert ours.conv_in.weight.data_ptr() == ref.conv_in.weight.data_ptr()  # shared, not copied
+    x, t, cond = unet_inputs(ours.cfg, size=32)
+    with torch.no_grad():
+        expected = ref(x, t, encoder_hidden_states=cond.context,
+                       added_cond_kwargs=dict(text_embeds=cond.pooled, time_ids=cond.time_ids)).sample
+        out, kvs = ours.forward_recording_kv(x, t, cond)
+    assert_close(out, expected)
+    assert len(kvs) == 70
