@@ -244,3 +244,62 @@ def test_sdxl_base_shapes_unet_matches_diffusers():
         out, kvs = ours.forward_recording_kv(x, t, cond)
     assert_close(out, expected)
     assert len(kvs) == 70
+
+
+# -- K/V record/replay and attention swap through the pipeline, on the SDXL structure -------------
+
+@pytest.fixture(scope="module")
+def xl_pipe():
+    from models import AutoencoderKL, VAEConfig
+    from regiondrag.pipeline import RegionDragPipeline
+
+    torch.manual_seed(0)
+    cfg = UNetConfig.tiny_sdxl()
+    cond = Conditioning(torch.randn(1, 77, cfg.context_dim), torch.randn(1, cfg.pooled_text_dim))
+    return RegionDragPipeline(UNet(cfg).eval(), AutoencoderKL(VAEConfig.tiny()).eval(), lambda prompt: cond)
+
+
+XL_SHIFT = (np.array([[1, 1], [2, 1]]), np.array([[5, 1], [6, 1]]))
+XL_FAST = dict(steps=20, start_t=0.5, max_side=None, progress=False)
+PHOTO_64x48 = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def test_sdxl_denoising_call_j_replays_every_layers_kv_of_inversion_step_n_minus_1_minus_j(xl_pipe):
+    from test_pipeline import UNetRecorder
+
+    xl_pipe.clear_cache()
+    with UNetRecorder(xl_pipe.unet) as rec:
+        xl_pipe.edit(PHOTO_64x48, mapping=XL_SHIFT, **XL_FAST)
+    recorded = [c.kv_out for c in rec.recording]
+    n = len(recorded)
+    assert n == 10 and all(len(kvs) == 28 for kvs in recorded)
+    for j, call in enumerate(rec.calls[-n:]):
+        assert call.kv is not None and len(call.kv) == 28, f"step {j}"
+        for layer, (k, v) in enumerate(call.kv):
+            rk, rv = recorded[n - 1 - j][layer]
+            assert k.data_ptr() == rk.data_ptr() and v.data_ptr() == rv.data_ptr(), f"step {j} layer {layer}"
+
+
+def test_sdxl_attention_swap_of_one_deep_layer_changes_the_edit(xl_pipe):
+    """Layer 27 (the last block of the last up-level transformer) alone: the selection reaches it."""
+    from regiondrag.attention_swap import AttentionSwap
+
+    def final(swap):
+        xl_pipe.clear_cache()
+        return xl_pipe.edit(PHOTO_64x48, mapping=XL_SHIFT, attention_swap=swap, return_intermediates=True,
+                            **XL_FAST).denoising.latents[-1]
+
+    off = final(AttentionSwap(enabled=False))
+    assert not torch.allclose(final(AttentionSwap(layers=frozenset({27}))), off, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", ["record", "replay_all"])
+def test_sdxl_unet_traces_as_one_graph_with_its_conditioning(pattern):
+    """The Conditioning argument is plain data to dynamo: one graph, no breaks."""
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig.tiny_sdxl()).eval()
+    x, t, cond = unet_inputs(unet.cfg, size=8)
+    _, kvs = unet.forward_recording_kv(x, t, cond)
+    method, kwargs = (unet.forward_recording_kv, {}) if pattern == "record" else (unet.forward, dict(kv=kvs))
+    explained = torch._dynamo.explain(method)(x, t, cond, **kwargs)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
