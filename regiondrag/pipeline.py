@@ -24,6 +24,7 @@ from torch import Tensor
 from models.attention import ImagePrompt
 from models.unet import Conditioning, Context, UNet
 from models.vae import AutoencoderKL
+from weights.backbones import backbone_of
 from sampling import (START_T, STEPS, Grid, Trajectory, consistent_grid, denoise, invert, reference_grid,
                       scaled_linear_alphas_cumprod)
 
@@ -88,10 +89,8 @@ class RegionDragPipeline:
                  image_prompter: Optional[Callable[[Image.Image, float], ImagePrompt]] = None):
         """image_prompter: (photo, scale) -> IP-Adapter image tokens, e.g. an ImagePrompter.
         The backbone (sd15 / sd21 / sdxl, from the UNet's structure) picks edit's working size and IP scale."""
-        import weights
-
         self.unet, self.vae, self.text_encoder, self.image_prompter = unet, vae, text_encoder, image_prompter
-        self.backbone = weights.backbone_of(unet.cfg)
+        self.backbone = backbone_of(unet.cfg)
         p = next(unet.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.alphas_cumprod = scaled_linear_alphas_cumprod()

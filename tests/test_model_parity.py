@@ -111,8 +111,8 @@ def test_kv_from_another_input_changes_the_output(tiny_unet):
 def test_every_self_attention_layer_uses_its_replayed_kv(tiny_unet):
     """Layer by layer: another input's K/V in that one slot (own K/V elsewhere) changes the output, so
     every layer index reaches its own self-attention layer (none is skipped or read twice)."""
-    x, t, context = unet_inputs(tiny_unet.cfg)
-    other, _, _ = unet_inputs(tiny_unet.cfg, seed=1)
+    x, t, context = unet_inputs(tiny_unet.cfg, size=8)
+    other, _, _ = unet_inputs(tiny_unet.cfg, size=8, seed=1)
     out, kvs = tiny_unet.forward_recording_kv(x, t, context)
     _, other_kvs = tiny_unet.forward_recording_kv(other, t, context)
     for i in range(len(kvs)):
