@@ -3,7 +3,7 @@
 During inversion every UNet call reports the keys and values of its self-attention layers
 (`unet.forward_recording_kv(...)`); the store keeps them keyed by (inversion step, layer). The
 denoising UNet call of step j then uses, in every selected layer, the keys and values of
-inversion step n-1-j: the two loops visit the same noise levels in opposite order, so the
+the inversion step at the same noise level (sampling.matching_inversion_step), so the
 edited latent attends to the original image's features at its own noise level. This is
 what keeps the appearance of the dragged content (as in MasaCtrl, SDE-Drag, RegionDrag).
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from models.attention import KV
+from sampling import matching_inversion_step
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,6 @@ class KVStore:
         self.num_layers = num_layers
         self._kv: dict[int, list[KV]] = {}  # inversion step -> per-layer (k, v), each (B, L, C)
 
-    def __len__(self) -> int:
-        return len(self._kv)
-
     def record(self, step: int, kvs: list[KV]) -> None:
         if len(kvs) != self.num_layers:
             raise ValueError(f"expected K/V of {self.num_layers} self-attention layers, got {len(kvs)}")
@@ -48,11 +46,11 @@ class KVStore:
         return self._kv[step][layer]
 
     def replay(self, denoise_step: int, swap: AttentionSwap) -> Optional[list[Optional[KV]]]:
-        """The `kv=` argument for denoising step `denoise_step`: inversion step n-1-j's K/V
-        in the selected layers, None elsewhere (None overall when nothing is swapped)."""
+        """The `kv=` argument for denoising step `denoise_step`: the K/V of the inversion step that
+        reached its noise level, in the selected layers, None elsewhere (None overall when nothing is swapped)."""
         if not swap.enabled or (swap.steps is not None and denoise_step not in swap.steps):
             return None
-        source = self._kv[len(self._kv) - 1 - denoise_step]
+        source = self._kv[matching_inversion_step(denoise_step, len(self._kv))]
         return [kv if swap.layers is None or layer in swap.layers else None for layer, kv in enumerate(source)]
 
     def nbytes(self) -> int:

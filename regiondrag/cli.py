@@ -31,6 +31,7 @@ def _add_inputs(p: argparse.ArgumentParser, max_side_default: Optional[int] = MA
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import config as C
     from . import pipeline as P
 
     parser = argparse.ArgumentParser(prog="python -m regiondrag", description=__doc__)
@@ -54,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IP-Adapter's own 16 image tokens instead of the reference's 32 (zero image + photo)")
     e.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     e.add_argument("--dtype", choices=P.DTYPES, default=None, help="default: fp16 on GPU, fp32 on CPU")
-    e.add_argument("--steps", type=int, default=P.STEPS)
-    e.add_argument("--start-t", type=float, default=P.START_T)
-    e.add_argument("--end-t", type=float, default=P.END_T)
-    e.add_argument("--noise-scale", type=float, default=P.NOISE_SCALE)
-    e.add_argument("--seed", type=int, default=P.SEED)
-    e.add_argument("--method", choices=P.METHODS, default="encode_then_cp")
-    e.add_argument("--grid", choices=P.GRIDS, default="reference")
+    e.add_argument("--steps", type=int, default=C.STEPS)
+    e.add_argument("--start-t", type=float, default=C.START_T)
+    e.add_argument("--end-t", type=float, default=C.END_T)
+    e.add_argument("--noise-scale", type=float, default=C.NOISE_SCALE)
+    e.add_argument("--seed", type=int, default=C.SEED)
+    e.add_argument("--method", choices=C.METHODS, default="encode_then_cp")
+    e.add_argument("--grid", choices=C.GRIDS, default="reference")
     e.add_argument("--paste-schedule", choices=PASTE_SCHEDULES, default="every_step")
     e.add_argument("--no-attention-swap", action="store_true", help="ablation: plain self-attention")
     e.add_argument("--point-fraction", type=float, default=1.0, help="ablation: keep this fraction of pairs")
@@ -103,7 +104,7 @@ def run_preview(args: argparse.Namespace) -> Path:
 
 def run_edit(args: argparse.Namespace) -> Path:
     from .attention_swap import AttentionSwap
-    from .pipeline import BY_BACKBONE, DTYPES, WORKING_SIZES, RegionDragPipeline
+    from .pipeline import DTYPES, WORKING_SIZES, RegionDragPipeline
 
     _check_outputs(args, args.out, args.preview_out)
     photo = load_image(args.image)
@@ -117,13 +118,13 @@ def run_edit(args: argparse.Namespace) -> Path:
         side = WORKING_SIZES[pipe.backbone]
         regions, mapping, prompt, mask = _read_regions(args, photo.size, side)
     mask = mask if user_mask is None else user_mask
+    ip_scale = {} if args.ip_scale is None else dict(ip_scale=args.ip_scale)  # default: the backbone's
+    config = pipe.config.replace(steps=args.steps, start_t=args.start_t, end_t=args.end_t, noise_scale=args.noise_scale,
+                                 seed=args.seed, method=args.method, grid=args.grid, paste_schedule=args.paste_schedule,
+                                 attention_swap=AttentionSwap(enabled=not args.no_attention_swap),
+                                 point_fraction=args.point_fraction, max_side=side, **ip_scale)
     result = pipe.edit(photo, regions, args.prompt if args.prompt is not None else (prompt or ""), mask,
-                       mapping=mapping, steps=args.steps, start_t=args.start_t, end_t=args.end_t,
-                       noise_scale=args.noise_scale, seed=args.seed, method=args.method,
-                       ip_scale=BY_BACKBONE if args.ip_scale is None else args.ip_scale,
-                       grid=args.grid, paste_schedule=args.paste_schedule,
-                       attention_swap=AttentionSwap(enabled=not args.no_attention_swap),
-                       point_fraction=args.point_fraction, max_side=side, progress=not args.quiet)
+                       mapping=mapping, config=config, progress=not args.quiet)
     if args.preview_out is not None and result.preview is not None:
         save_image_atomic(result.preview, args.preview_out)
     return save_image_atomic(result.image, args.out)

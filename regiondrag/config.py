@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from sampling import START_T, STEPS
+from sampling import START_T, STEPS, Grid, consistent_grid, reference_grid
 
 from .attention_swap import AttentionSwap
 from .copy_paste import END_T, PASTE_SCHEDULES
@@ -26,7 +26,7 @@ METHODS = {  # ours -> the reference UI's names
     "encode_then_cp": "Encode then CP",  # cycle-SDE inversion of the photo, paste latents (default)
     "cp_then_encode": "CP then Encode",  # DDIM inversion of a pixel copy-pasted preview
 }
-GRIDS = ("reference", "consistent")  # sampling.reference_grid (549/550 mismatch) or consistent_grid
+GRIDS = {"reference": reference_grid, "consistent": consistent_grid}  # the reference's (549/550 mismatch) or ours
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class EditConfig:
 
     def replace(self, **changes) -> "EditConfig":
         return dataclasses.replace(self, **changes)
+
+    def timestep_grid(self) -> Grid:
+        return GRIDS[self.grid](self.steps, self.start_t)
 
     @property
     def sde(self) -> bool:

@@ -56,16 +56,18 @@ def paste_steps(timesteps: list[int], schedule: str = "every_step", end_t: float
 
 
 def region_border(xy: Tensor, size: tuple[int, int]) -> Tensor:
-    """The outer contour positions of a set of (x, y) positions on an (h, w) grid.
+    """The vertices of the outer contours of a set of (x, y) positions on an (h, w) grid.
 
-    "CP then Encode" noises these around the pasted target as well as the handle, so the
-    pasted block's hard edge is regenerated rather than kept.
+    The reference's border of the target in "CP then Encode": OpenCV's *simplified* contour
+    (CHAIN_APPROX_SIMPLE: a rectangle's 4 corners, not its every edge cell). It is noised together
+    with the handles in one draw; the cells lie inside the target and are overwritten by the first
+    paste, so they matter only through the length of that draw.
     """
     h, w = size
     grid = np.zeros((h, w), np.uint8)
     pts = xy.cpu().numpy()
     grid[pts[:, 1], pts[:, 0]] = 1
-    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return xy[:0]
     border = np.concatenate([c[:, 0, :] for c in contours])  # (N, 2) as (x, y)

@@ -189,10 +189,23 @@ def idw_displace(points: np.ndarray, controls: np.ndarray, displacements: np.nda
     p, c, d = (a.astype(np.float32) for a in (points, controls, displacements))
     distance = np.linalg.norm(p[:, None] - c[None], axis=-1)  # (P, R)
     k = min(IDW_NEIGHBOURS, len(c))
-    nearest = np.argpartition(distance, k - 1, axis=1)[:, :k]  # (P, k), unordered: the sum needs no order
+    nearest = _k_nearest(distance, k)
     weight = 1 / (np.take_along_axis(distance, nearest, 1) + IDW_EPS)
     weight /= weight.sum(1, keepdims=True)
     return np.rint(p + (weight[..., None] * d[nearest]).sum(1)).astype(np.int64)  # round half to even
+
+
+def _k_nearest(distance: np.ndarray, k: int) -> np.ndarray:
+    """(P, R) distances -> (P, k) indices of the k nearest, ties broken by the lower index, in index order.
+
+    The reference sorts (unstably, in float16) so equidistant controls are chosen arbitrarily; ours is
+    a stable, documented order. A partition finds each row's k-th distance; everything nearer is taken,
+    and the remaining places go to the first controls at exactly that distance.
+    """
+    kth = np.take_along_axis(distance, np.argpartition(distance, k - 1, axis=1)[:, k - 1 : k], 1)  # (P, 1)
+    nearer, tied = distance < kth, distance == kth
+    chosen = nearer | (tied & (np.cumsum(tied, 1) <= k - nearer.sum(1, keepdims=True)))
+    return np.nonzero(chosen)[1].reshape(len(distance), k)
 
 
 def map_points(handle: np.ndarray, target: np.ndarray, radius: np.ndarray, shape: str,

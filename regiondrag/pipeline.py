@@ -1,18 +1,25 @@
-"""The RegionDrag pipeline: invert, map, copy-paste, denoise — top to bottom in `edit`.
+"""The RegionDrag pipeline: map, invert, noise the handles, denoise with copy-paste — top to bottom in `edit`.
 
     pipe = RegionDragPipeline.from_pretrained()            # SD1.5 (+ IP-Adapter-Plus if given)
     result = pipe.edit("photo.png", regions, prompt="")   # result.image is a PIL image
+    result = pipe.edit("photo.png", regions, config=pipe.config.replace(start_t=0.7))  # an ablation
 
-Defaults are the reference implementation's evaluation settings (see DEFAULTS below).
+The method's settings are one `EditConfig` (regiondrag.config; REFERENCE is the reference
+implementation's evaluation settings); `edit(..., start_t=0.7)` is shorthand for that replace.
 The inversion of an image (latents, noises, self-attention K/V, conditioning) does not
 depend on the regions, so it is cached: a second edit of the same image with new regions
 runs only the denoising half.
+
+One deliberate difference from the reference: the decoded image is *rounded* to uint8
+(image_io.to_pil), where the reference truncates (`astype(np.uint8)`), which darkens every
+pixel by half a level on average for no purpose; parity tests compare before quantisation.
 """
 from __future__ import annotations
 
 import hashlib
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -20,36 +27,26 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from models.attention import ImagePrompt
 from models.unet import Conditioning, Context, UNet
 from models.vae import AutoencoderKL
 from weights.backbones import backbone_of
-from sampling import (START_T, STEPS, Grid, Trajectory, consistent_grid, denoise, invert, reference_grid,
-                      scaled_linear_alphas_cumprod)
+from sampling import Grid, Trajectory, alpha_bar, ddim_step, invert, matching_inversion_step, scaled_linear_alphas_cumprod
 
-from .attention_swap import AttentionSwap, KVStore
-from .copy_paste import END_T, add_handle_noise, paste, paste_steps, region_border
+from .attention_swap import KVStore
+from .config import GRIDS, METHODS, NOISE_SCALE, REFERENCE, SEED, EditConfig  # noqa: F401 (re-exported)
+from .copy_paste import add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .image_prompt import IP_SCALES, ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
 from .regions import Region, RegionError
 
-# The reference's evaluation settings (RegionDrag run_eval.py / DESIGN.md "Facts"); STEPS and START_T
-# come from sampling.grids, END_T (no effect with the reference's paste schedule) from copy_paste.
-NOISE_SCALE = 1.0    # handle noise s: pure noise at handle positions
-SEED = 42
-
-METHODS = {  # ours -> the reference UI's names
-    "encode_then_cp": "Encode then CP",  # cycle-SDE inversion of the photo, paste latents (default)
-    "cp_then_encode": "CP then Encode",  # DDIM inversion of a pixel copy-pasted preview
-}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
-GRIDS = {"reference": reference_grid, "consistent": consistent_grid}
-# Per backbone (weights.backbones): the long side the reference works at (region_utils/drag.py);
-# edit's `max_side` and `ip_scale` default to the pipeline's backbone's (IP_SCALES in image_prompt)
+# Per backbone (weights.backbones): the long side the reference works at (region_utils/drag.py); a
+# pipeline's default EditConfig is REFERENCE at its backbone's size and IP scale (image_prompt.IP_SCALES)
 WORKING_SIZES = {"sd15": MAX_SIDE, "sd21": 768, "sdxl": 1024}
-BY_BACKBONE = "backbone"
 
 
 @dataclass
@@ -61,6 +58,16 @@ class Inversion:
     context: Context             # (1, 77, C) prompt embedding; SDXL: a Conditioning (+ pooled, size ids)
     image_prompt: Optional[ImagePrompt]
     generator_state: Tensor      # RNG state after inversion, so a re-edit draws what an edit draws
+
+
+@dataclass
+class PasteSource:
+    """What the denoising loop pastes: latents[i + 1] (the level inversion step i reached) at cells
+    `copy_from` into the target cells, the eta = 1 noises (None: DDIM), and the cells noised first."""
+    latents: list[Tensor]
+    noises: Optional[list[Tensor]]
+    copy_from: Tensor
+    noised: Tensor
 
 
 @dataclass
@@ -79,18 +86,36 @@ def default_device_dtype(device: Optional[str] = None, dtype: Optional[torch.dty
     return device, dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so wall-clock time counts it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PhaseClock:
+    """`with clock("denoising_s"): ...` adds that block's seconds (device work included) to clock.seconds."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        synchronize(self.device)
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 class RegionDragPipeline:
     def __init__(self, unet: UNet, vae: AutoencoderKL, text_encoder: Callable[[str], Context],
                  image_prompter: Optional[Callable[[Image.Image, float], ImagePrompt]] = None):
         """image_prompter: (photo, scale) -> IP-Adapter image tokens, e.g. an ImagePrompter.
-        The backbone (sd15 / sd21 / sdxl, from the UNet's structure) picks edit's working size and IP scale."""
+        The backbone (sd15 / sd21 / sdxl, from the UNet's structure) sets the default config's
+        working size and IP scale."""
         self.unet, self.vae, self.text_encoder, self.image_prompter = unet, vae, text_encoder, image_prompter
         self.backbone = backbone_of(unet.cfg)
+        self.config = REFERENCE.replace(max_side=WORKING_SIZES[self.backbone],
+                                        ip_scale=IP_SCALES.get(self.backbone, 0.0))
         p = next(unet.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
@@ -147,127 +172,136 @@ class RegionDragPipeline:
 
     @torch.no_grad()
     def edit(self, image: ImageLike, regions: Optional[Sequence[Region]] = None, prompt: str = "",
-             mask: Optional[np.ndarray] = None, *, mapping: Optional[Mapping] = None, steps: int = STEPS, start_t: float = START_T, end_t: float = END_T, noise_scale: float = NOISE_SCALE,
-             seed: int = SEED, method: str = "encode_then_cp", ip_scale: float | str = BY_BACKBONE, grid: str = "reference",
-             paste_schedule: str = "every_step", attention_swap: AttentionSwap = AttentionSwap(),
-             point_fraction: float = 1.0, max_side: Optional[int] | str = BY_BACKBONE, return_intermediates: bool = False,
-             progress: bool = True) -> EditResult:
+             mask: Optional[np.ndarray] = None, *, mapping: Optional[Mapping] = None,
+             config: Optional[EditConfig] = None, return_intermediates: bool = False, progress: bool = True,
+             **settings) -> EditResult:
         """Move the content of each handle region to its target region.
 
         regions: parsed region pairs in the photo's pixel coordinates (see regiondrag.regions).
         mapping: instead of regions, latent (handle_xy, target_xy) pairs of the working size
             (e.g. DragBench-SR/DR's precomputed dense pairs, see regiondrag.dragbench).
         mask: optional editable mask (H, W), nonzero = may change; outside it the photo is kept.
+        config: default self.config (the reference's settings at this backbone's size and IP scale).
+        settings: EditConfig fields overriding `config` (edit(..., start_t=0.7)).
         """
+        config = self.config if config is None else config
+        config = config.replace(**settings) if settings else config
+        clock, photo = PhaseClock(self.device), load_image(image)
+        work = self._working_photo(photo, config.max_side)
+        grid = config.timestep_grid()
+        with clock("mapping_s"):  # 1. dense mapping at latent resolution, in working-size coordinates
+            mapping = self.map(regions, mapping, photo.size, work.size, config)
+            handle, target = (torch.as_tensor(a, device=self.device, dtype=torch.long) for a in mapping)
+            editable = self._editable_cells(mask, photo.size, work.size)
+        inv = self.invert(work, prompt, config, progress, clock)  # 2. cached across edits of this photo
+        generator = torch.Generator(self.device).set_state(inv.generator_state)
+        with clock("preview_inversion_s"):  # 3. what is pasted from where, and which cells are noised
+            source, preview = self.paste_source(inv, handle, target, work, regions, photo.size, mapping, grid,
+                                                config, generator, progress)
+        x = add_handle_noise(inv.latents[-1], source.noised, config.noise_scale, generator)
+
+        with clock("denoising_s"):  # 4. denoising: paste, swap the self-attention K/V, step
+            n, latents = len(grid.denoising), [x]
+            pastes = paste_steps([t for t, _ in grid.denoising], config.paste_schedule, config.end_t)
+            for j, (t, t_prev) in enumerate(tqdm(grid.denoising, desc="denoising", disable=not progress)):
+                i = matching_inversion_step(j, n)  # the inversion step that reached this noise level
+                stored = source.latents[i + 1]
+                if pastes[j]:
+                    x = paste(x, stored, source.copy_from, target)
+                if editable is not None:
+                    x = torch.where(editable, x, stored)
+                eps = self.unet(x, self._timestep(t), inv.context, kv=inv.kv.replay(j, config.attention_swap),
+                                image_prompt=inv.image_prompt)
+                noise = source.noises[i] if source.noises is not None else None
+                x = ddim_step(x, eps, alpha_bar(self.alphas_cumprod, t), alpha_bar(self.alphas_cumprod, t_prev),
+                              eta=0.0 if noise is None else 1.0, noise=noise, prediction_type=self.prediction_type)
+                latents.append(x)
+
+        with clock("decode_s"):  # 5. decode, back to the photo's size, original pixels outside the mask
+            edited = self._paste_back(to_pil(self.decode(x)), photo, mask)
+        return EditResult(edited, mapping, preview, inv if return_intermediates else None,
+                          Trajectory(latents, source.noises or []) if return_intermediates else None, clock.seconds)
+
+    # -- its phases ----------------------------------------------------------------------------
+
+    @property
+    def prediction_type(self) -> str:
+        return self.unet.cfg.prediction_type
+
+    @staticmethod
+    def _working_photo(photo: Image.Image, max_side: Optional[int]) -> Image.Image:
+        size = working_size(*photo.size, max_side)
+        return photo.resize(size, Image.BICUBIC) if size != photo.size else photo
+
+    @staticmethod
+    def map(regions: Optional[Sequence[Region]], mapping: Optional[Mapping], photo_size: tuple[int, int],
+            work_size: tuple[int, int], config: EditConfig) -> Mapping:
+        """The latent (handle, target) pairs of the working size: from the regions or as given,
+        subsampled to config.point_fraction."""
         if (regions is None) == (mapping is None):
             raise ValueError("give either regions or a precomputed mapping, not both or neither")
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if grid not in GRIDS:
-            raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
-        max_side = WORKING_SIZES[self.backbone] if max_side == BY_BACKBONE else max_side
-        ip_scale = IP_SCALES.get(self.backbone, 0.0) if ip_scale == BY_BACKBONE else ip_scale
-        timings, clock = {}, time.perf_counter()
-        photo = load_image(image)
-        size = working_size(*photo.size, max_side)
-        work = photo.resize(size, Image.BICUBIC) if size != photo.size else photo
-        sde = method == "encode_then_cp"
-        schedule: Grid = GRIDS[grid](steps, start_t)
-
-        # 1. dense mapping at latent resolution, in working-size coordinates
         if mapping is None:
-            mapping = dense_mapping(regions, photo.size, latent_size_of(size))
-        if point_fraction < 1:
-            mapping = subsample_pairs(mapping, point_fraction, seed)
-        handle, target = (torch.as_tensor(a, device=self.device, dtype=torch.long) for a in mapping)
-        editable = None
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != photo.size[::-1]:
-                raise RegionError(f"the editable mask is {mask.shape[1]}x{mask.shape[0]} but the photo is "
-                                  f"{photo.width}x{photo.height}; give a mask of the photo's size")
-            editable = torch.from_numpy(editable_mask_to_latent(mask, latent_size_of(size))).to(self.device)
-        timings["mapping_s"] = time.perf_counter() - clock
+            mapping = dense_mapping(regions, photo_size, latent_size_of(work_size))
+        return subsample_pairs(mapping, config.point_fraction, config.seed) if config.point_fraction < 1 else mapping
 
-        # 2. inversion of the photo (cached across edits of the same photo and settings)
-        inv = self.invert(work, prompt, steps=steps, start_t=start_t, seed=seed, sde=sde, ip_scale=ip_scale,
-                          grid=grid, progress=progress, timings=timings)
-        generator = torch.Generator(self.device).set_state(inv.generator_state)
+    def _editable_cells(self, mask: Optional[np.ndarray], photo_size: tuple[int, int],
+                        work_size: tuple[int, int]) -> Optional[Tensor]:
+        if mask is None:
+            return None
+        mask = np.asarray(mask)
+        if mask.shape != photo_size[::-1]:
+            raise RegionError(f"the editable mask is {mask.shape[1]}x{mask.shape[0]} but the photo is "
+                              f"{photo_size[0]}x{photo_size[1]}; give a mask of the photo's size")
+        return torch.from_numpy(editable_mask_to_latent(mask, latent_size_of(work_size))).to(self.device)
 
-        # 3. what is pasted from where, and the start latent with noised handles
-        preview = None
-        if sde:
-            hooks, noises, start = inv.latents, inv.noises[::-1], inv.latents[-1]
-            copy_from, noised = handle, handle
-        else:  # CP then Encode: the preview's DDIM inversion supplies the latents to paste
-            clock = time.perf_counter()
-            preview = self.preview(work, regions, photo.size, mapping)
-            preview_latent = self.encode(to_tensor(preview, self.device, self.dtype), generator)
-            hooks = invert(self._model(inv.context, inv.image_prompt), preview_latent, schedule, self.alphas_cumprod,
-                           sde=False, prediction_type=self.unet.cfg.prediction_type, disable=not progress).latents
-            noises, start = None, inv.latents[-1]
-            copy_from, noised = target, torch.cat([region_border(target, start.shape[-2:]), handle])
-            timings["preview_inversion_s"] = time.perf_counter() - clock
-        start = add_handle_noise(start, noised, noise_scale, generator)
+    def paste_source(self, inv: Inversion, handle: Tensor, target: Tensor, work: Image.Image,
+                     regions: Optional[Sequence[Region]], photo_size: tuple[int, int], mapping: Mapping, grid: Grid,
+                     config: EditConfig, generator: torch.Generator, progress: bool
+                     ) -> tuple[PasteSource, Optional[Image.Image]]:
+        """Encode then CP pastes the photo's own inversion latents from the handle cells and retraces its
+        cycle-SDE noises. CP then Encode pastes, into each target cell, the same cell of the DDIM inversion
+        of a pixel copy-paste (the preview), and noises the target's border with the handles: that border
+        (the reference's simplified contour) lies inside the target, so the first paste overwrites it; it
+        matters only through the length of the one noise draw, which fixes what each handle cell gets."""
+        if config.sde:
+            return PasteSource(inv.latents, inv.noises, handle, handle), None
+        # the preview is made from the very pairs the latents move when they were subsampled
+        preview = self.preview(work, regions if config.point_fraction == 1 else None, photo_size, mapping)
+        preview_latent = self.encode(to_tensor(preview, self.device, self.dtype), generator)
+        latents = invert(self._model(inv.context, inv.image_prompt), preview_latent, grid, self.alphas_cumprod,
+                         sde=False, prediction_type=self.prediction_type, disable=not progress).latents
+        noised = torch.cat([region_border(target, inv.latents[-1].shape[-2:]), handle])
+        return PasteSource(latents, None, target, noised), preview
 
-        # 4. denoising with multi-step copy-paste and attention swap
-        clock = time.perf_counter()
-        n = len(schedule.denoising)
-        pastes = paste_steps([t for t, _ in schedule.denoising], paste_schedule, end_t)
-
-        def before_step(j: int, t: int, x: Tensor) -> Tensor:
-            stored = hooks[n - j]  # the inversion latent at this step's noise level
-            if pastes[j]:
-                x = paste(x, stored, copy_from, target)
-            return x if editable is None else torch.where(editable, x, stored)
-
-        def replay(x: Tensor, t: int, j: int) -> Tensor:
-            return self.unet(x, self._timestep(t), inv.context, kv=inv.kv.replay(j, attention_swap),
-                             image_prompt=inv.image_prompt)
-
-        denoised = denoise(replay, start, schedule, self.alphas_cumprod, eta=1.0 if sde else 0.0, noises=noises,
-                           before_step=before_step, prediction_type=self.unet.cfg.prediction_type,
-                           disable=not progress)
-        _sync(self.device)
-        timings["denoising_s"] = time.perf_counter() - clock
-
-        # 5. decode, back to the photo's size, original pixels outside the editable mask
-        clock = time.perf_counter()
-        edited = to_pil(self.decode(denoised.latents[-1]))
+    @staticmethod
+    def _paste_back(edited: Image.Image, photo: Image.Image, mask: Optional[np.ndarray]) -> Image.Image:
+        """The decoded image at the photo's size, with the photo's pixels wherever the mask forbids change."""
         if edited.size != photo.size:
             edited = edited.resize(photo.size, Image.BICUBIC)
-        if mask is not None:
-            keep = mask == 0  # an array since step 1
-            edited = Image.fromarray(np.where(keep[..., None], np.asarray(photo), np.asarray(edited)))
-        timings["decode_s"] = time.perf_counter() - clock
-        return EditResult(edited, mapping, preview, inv if return_intermediates else None,
-                          denoised if return_intermediates else None, timings)
+        if mask is None:
+            return edited
+        keep = np.asarray(mask) == 0
+        return Image.fromarray(np.where(keep[..., None], np.asarray(photo), np.asarray(edited)))
 
-    def invert(self, work: Image.Image, prompt: str, *, steps: int, start_t: float, seed: int, sde: bool,
-               ip_scale: float, grid: str, progress: bool = True, timings: Optional[dict] = None) -> Inversion:
+    def invert(self, work: Image.Image, prompt: str, config: Optional[EditConfig] = None, progress: bool = True,
+               clock: Optional[PhaseClock] = None) -> Inversion:
         """Encode the (working-size) photo and invert it, recording K/V; cached by content and settings."""
-        key = (hashlib.sha1(work.tobytes()).hexdigest(), work.size, prompt, steps, start_t, seed, sde, ip_scale, grid)
+        config = self.config if config is None else config
+        key = self.inversion_key(work, prompt, config)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         self._cache = None  # free the previous image's K/V before recording new ones
-        timings = {} if timings is None else timings
-        clock = time.perf_counter()
-        generator = torch.Generator(self.device).manual_seed(seed)
-        context = self.text_encoder(prompt).to(self.device, self.dtype)
-        if isinstance(context, Conditioning):  # SDXL: the size time ids are the working image's
-            context = context.at_size(*work.size)
-        image_prompt = None
-        if ip_scale and self.image_prompter is not None:
-            image_prompt = self.image_prompter(work, ip_scale)
-        _sync(self.device)
-        timings["conditioning_s"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        latent = self.encode(to_tensor(work, self.device, self.dtype), generator)
-        _sync(self.device)
-        timings["encode_s"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
+        clock = clock or PhaseClock(self.device)
+        generator = torch.Generator(self.device).manual_seed(config.seed)
+        with clock("conditioning_s"):
+            context = self.text_encoder(prompt).to(self.device, self.dtype)
+            if isinstance(context, Conditioning):  # SDXL: the size time ids are the working image's
+                context = context.at_size(*work.size)
+            image_prompt = None
+            if config.ip_scale and self.image_prompter is not None:
+                image_prompt = self.image_prompter(work, config.ip_scale)
+        with clock("encode_s"):
+            latent = self.encode(to_tensor(work, self.device, self.dtype), generator)
         store = KVStore(self.unet.num_self_attention_layers)
 
         def record(x: Tensor, t: int, i: int) -> Tensor:
@@ -275,13 +309,19 @@ class RegionDragPipeline:
             store.record(i, kvs)
             return eps
 
-        traj = invert(record, latent, GRIDS[grid](steps, start_t), self.alphas_cumprod, sde=sde, generator=generator,
-                      prediction_type=self.unet.cfg.prediction_type, disable=not progress)
-        _sync(self.device)
-        timings["inversion_s"] = time.perf_counter() - clock
+        with clock("inversion_s"):
+            traj = invert(record, latent, config.timestep_grid(), self.alphas_cumprod, sde=config.sde, generator=generator,
+                          prediction_type=self.prediction_type, disable=not progress)
         inv = Inversion(traj.latents, traj.noises, store, context, image_prompt, generator.get_state())
         self._cache = (key, inv)
         return inv
+
+    @staticmethod
+    def inversion_key(work: Image.Image, prompt: str, config: EditConfig) -> tuple:
+        """What an inversion depends on: two edits with equal keys share one (the rest of the config,
+        the regions and the mask only change the denoising half)."""
+        return (hashlib.sha1(work.tobytes()).hexdigest(), work.size, prompt, config.steps, config.start_t,
+                config.seed, config.sde, config.ip_scale, config.grid)
 
     # -- pieces ------------------------------------------------------------------------------
 

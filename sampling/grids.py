@@ -24,6 +24,16 @@ class Grid:
     denoising: Steps
 
 
+def matching_inversion_step(j: int, n: int) -> int:
+    """The inversion step whose result denoising step j starts from: n-1-j of n.
+
+    The two loops visit the same noise levels in opposite order, so denoising step j pastes the
+    latent that inversion step n-1-j produced, replays the K/V recorded in that step's UNet call,
+    and (cycle-SDE) retraces that step with its stored noise. This is the one place the rule is written.
+    """
+    return n - 1 - j
+
+
 def linspace_timesteps(steps: int, train_timesteps: int = TRAIN_TIMESTEPS) -> list[int]:
     """Diffusers' DPM-Solver "linspace" grid (999, 949, …, 50 for 20 steps), descending.
 
@@ -62,7 +72,7 @@ def reference_grid(steps: int = STEPS, start_t: float = START_T, train_timesteps
 def consistent_grid(steps: int = STEPS, start_t: float = START_T, train_timesteps: int = TRAIN_TIMESTEPS) -> Grid:
     """The reference inversion, denoised along the same steps in reverse (550 -> 500 -> … -> 50).
 
-    Denoising step j undoes inversion step n-1-j exactly, so a cycle-SDE no-op edit reconstructs its input.
+    Denoising step j undoes inversion step matching_inversion_step(j, n) exactly, so a cycle-SDE no-op edit reconstructs its input.
     """
     inversion = reference_grid(steps, start_t, train_timesteps).inversion
     return Grid(inversion=inversion, denoising=tuple((t_next, t) for t, t_next in reversed(inversion)))

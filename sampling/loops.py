@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from .grids import Grid
 from .schedule import alpha_bar
-from .steps import Model, ddim_step, inversion_step
+from .steps import Model, cycle_sde_inversion_step, ddim_inversion_step, ddim_step
 
 # before_step(i, t, x) -> x, called before each model call; return a new tensor rather than editing x
 # in place, since x is also the recorded latents[i]
@@ -45,11 +45,13 @@ def invert(
     """Invert x along grid.inversion: cycle-SDE with fresh noise each step, or DDIM (sde=False)."""
     latents, noises = [x], []
     for i, (t, t_next) in enumerate(tqdm(grid.inversion, desc="inversion", disable=disable)):
-        noise = _randn(x, generator) if sde else None
-        x, z = inversion_step(model, x, t, t_next, i, alphas_cumprod, noise, prediction_type)
-        latents.append(x)
-        if z is not None:
+        if sde:
+            x, z = cycle_sde_inversion_step(model, x, t, t_next, i, alphas_cumprod, _randn(x, generator),
+                                            prediction_type)
             noises.append(z)
+        else:
+            x = ddim_inversion_step(model, x, t, t_next, i, alphas_cumprod, prediction_type)
+        latents.append(x)
     return Trajectory(latents, noises)
 
 

@@ -38,25 +38,36 @@ def ddim_step(
     return x_prev + sigma * noise if sigma else x_prev
 
 
-def inversion_step(
+def ddim_inversion_step(
     model: Model,
     x: Tensor,
     t: int,
     t_next: int,
     i: int,
     alphas_cumprod: Tensor,
-    noise: Tensor | None = None,
     prediction_type: str = "epsilon",
-) -> tuple[Tensor, Tensor | None]:
-    """x_t -> x_t_next; returns (x_t_next, z).
+) -> Tensor:
+    """x_t -> x_t_next by the DDIM (ODE) step run upwards, the model evaluated at (x_t, t)."""
+    a, a_next = alpha_bar(alphas_cumprod, t), alpha_bar(alphas_cumprod, t_next)
+    return ddim_step(x, model(x, t, i), a, a_next, prediction_type=prediction_type)
 
-    noise is None: DDIM inversion, the model evaluated at (x_t, t); z is None.
-    noise given: cycle-SDE (SDE-Drag) — sample q(x_t_next | x_t) with that noise, evaluate the model at
-    (x_t_next, t_next), and return the z for which the eta = 1 reverse step lands exactly on x_t.
+
+def cycle_sde_inversion_step(
+    model: Model,
+    x: Tensor,
+    t: int,
+    t_next: int,
+    i: int,
+    alphas_cumprod: Tensor,
+    noise: Tensor,
+    prediction_type: str = "epsilon",
+) -> tuple[Tensor, Tensor]:
+    """x_t -> (x_t_next, z): the cycle-consistent SDE step of SDE-Drag.
+
+    Sample q(x_t_next | x_t) with `noise`, evaluate the model at (x_t_next, t_next), and return the z
+    for which the eta = 1 reverse step from x_t_next lands exactly on x_t.
     """
     a, a_next = alpha_bar(alphas_cumprod, t), alpha_bar(alphas_cumprod, t_next)
-    if noise is None:
-        return ddim_step(x, model(x, t, i), a, a_next, prediction_type=prediction_type), None
     x_next = math.sqrt(a_next / a) * x + math.sqrt(1 - a_next / a) * noise
     pred = model(x_next, t_next, i)
     # the reverse step with zero noise is its mean; z is what σ z must add to reach x_t

@@ -31,10 +31,9 @@ sys.path.insert(0, str(ROOT))
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig  # noqa: E402
 from models.attention import ImagePrompt  # noqa: E402
 from models.unet import Conditioning  # noqa: E402
-from regiondrag.pipeline import DTYPES  # noqa: E402
 from regiondrag.image_io import load_image, working_size  # noqa: E402
 from regiondrag.mapping import latent_size_of  # noqa: E402
-from regiondrag.pipeline import BY_BACKBONE, RegionDragPipeline, default_device_dtype  # noqa: E402
+from regiondrag.pipeline import DTYPES, RegionDragPipeline, default_device_dtype, synchronize  # noqa: E402
 from regiondrag.regions import regions_from_json  # noqa: E402
 from sampling import START_T, STEPS  # noqa: E402
 from weights.ip_adapter import IP_ADAPTER_REPO  # noqa: E402
@@ -44,21 +43,16 @@ SIZES = {"tiny": (UNetConfig.tiny(), VAEConfig.tiny(), 128), "sd15": (UNetConfig
          "sdxl": (UNetConfig.sdxl(), VAEConfig.sdxl(), 1024)}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device, runs: int, warmup: int = 1) -> tuple[list[float], object]:
     """Seconds of each of `runs` calls after `warmup` calls, and the last call's result."""
     for _ in range(warmup):
         fn()
     out, result = [], None
     for _ in range(runs):
-        sync(device)
+        synchronize(device)
         t = time.perf_counter()
         result = fn()
-        sync(device)
+        synchronize(device)
         out.append(time.perf_counter() - t)
     return out, result
 
@@ -178,7 +172,7 @@ class DiffusersVAE(nn.Module):
 
 def measure(name: str, pipe: RegionDragPipeline, args, photo, regions, max_side: int) -> dict:
     device = pipe.device
-    kwargs = dict(max_side=max_side, progress=False, ip_scale=BY_BACKBONE if pipe.image_prompter else 0.0)
+    kwargs = dict(max_side=max_side, progress=False, ip_scale=pipe.config.ip_scale if pipe.image_prompter else 0.0)
 
     def full():
         pipe.clear_cache()
@@ -257,7 +251,7 @@ def main(argv=None) -> int:
         clock = time.perf_counter()
         pipe.compile()
         pipe.edit(photo, regions, max_side=max_side, progress=False)
-        sync(device)
+        synchronize(device)
         print(f"compile warm-up (first edit, compiling): {time.perf_counter() - clock:.1f} s")
 
     result = {"device": str(device), "size": args.size, "dtype": str(dtype), "compile": args.compile,

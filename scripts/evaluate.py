@@ -1,11 +1,14 @@
 """Evaluate RegionDrag on DragBench-SR/DR and print the paper's table (MD x100, LPIPS x100, s / edit).
 
     python scripts/evaluate.py --data drag_data --json outputs/evaluate.json
-    python scripts/evaluate.py --data drag_data --subset sr --limit 5        # a quick look
+    python scripts/evaluate.py --data drag_data --annotation i4p           # the data as published today
+    python scripts/evaluate.py --data drag_data --subset sr --limit 5       # a quick look
+    torchrun --nproc-per-node 8 scripts/evaluate.py --data drag_data       # one process per GPU
 
-Edits use each sample's region file (meta_data_region.pkl), the metric its point file
-(meta_data.pkl), as the reference's run_eval.py. Edits and per-sample scores are kept in
---save-dir; a rerun skips the edits (and scores) already there.
+Each sample is edited with one of its annotations (--annotation; auto: meta_data_region.pkl,
+the paper's, if there, else meta_data_i4p.pkl, else meta_data.pkl's clicks), Mean Distance
+always measured on meta_data.pkl's clicks, as the reference's run_eval.py. Edits and
+per-sample scores are kept in --save-dir; a rerun skips the edits (and scores) already there.
 """
 from __future__ import annotations
 
@@ -16,22 +19,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regiondrag.dragbench import run as E  # noqa: E402
-from regiondrag.pipeline import METHODS  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     E.add_model_arguments(parser, default_save_dir="outputs/evaluate")
-    parser.add_argument("--method", choices=METHODS, default="encode_then_cp")
+    E.add_setting_arguments(parser)
     parser.add_argument("--json", type=Path, default=None, help="also write settings, summary and per-sample scores")
     args = parser.parse_args(argv)
 
     def body() -> None:
-        variants = [E.Variant(args.method, {"method": args.method})]
-        models, samples, store, summaries = E.run_from_args(args, variants)
-        print(E.paper_table(summaries))
+        overrides = E.setting_overrides(args)
+        name = overrides.get("method", E.EVALUATION.method)  # its folder in --save-dir; -annotation if chosen
+        if args.annotation not in (None, E.AUTO):
+            name += f"-{args.annotation}"
+        setting = E.Setting(name).replace(**overrides)
+        run = E.run_from_args(args, [setting])
+        if run is None:  # another rank than 0 under torchrun: rank 0 reports
+            return
+        print(E.paper_table(run.summaries))
         if args.json:
-            print(f"wrote {E.write_results_json(args.json, models, variants, summaries, store, samples)}")
+            print(f"wrote {E.write_results_json(args.json, run)}")
 
     return E.script_main(body)
 

@@ -1,24 +1,32 @@
-"""A tiny DragBench-SR/DR in the RegionDrag release's layout, for tests.
+"""A tiny DragBench-SR/DR on disk, with every annotation file the releases have, for tests.
 
     samples = write_synthetic_dragbench(tmp_path)    # {key: SyntheticSample}, key "sr/art_0" etc.
 
-Two SR samples and two DR samples in two categories, 64x64 photos. The pickles are written
-as the benchmark's are: `meta_data.pkl` with the sparse clicks as a list of (x, y) tuples,
-`meta_data_region.pkl` with the dense pairs as a list of numpy int arrays at image scale
-(latent cells times 8, as RegionDrag's UI returns them), both interleaved handle, target,
-handle, ..., with an (H, W) uint8 editable mask, at pickle's highest protocol.
+Two SR samples and two DR samples in two categories, 64x64 photos (`counts` writes more, the
+specs repeated under new names). The pickles are written as the benchmark's are:
+- `meta_data.pkl`: the sparse clicks as a list of (x, y) tuples, prompt, editable mask;
+- `meta_data_region.pkl` (the paper's release): the dense pairs as a list of numpy int arrays
+  at image scale (latent cells times 8, as RegionDrag's UI returns them), prompt, editable mask;
+- `meta_data_i4p.pkl` (the data as published today): the dragged block as one region mask and
+  the sparse clicks as numpy arrays, no prompt (Inpaint4Drag's evaluation.py reads `points`, `mask`);
+all interleaved handle, target, handle, ..., masks (H, W) uint8, at pickle's highest protocol.
+`annotations` chooses which of the region and i4p files are written (the point file always is).
 """
 from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Optional
 
 import numpy as np
 from PIL import Image
 
 SIZE = 64  # photo side (pixels): an 8x8 latent
 CELL = 8  # pixels per latent cell
+FOLDERS = {"sr": "dragbench-sr", "dr": "dragbench-dr"}
+PUBLISHED = ("i4p",)  # the annotation files of the data as published today
+ALL = ("region", "i4p")
 
 
 @dataclass(frozen=True)
@@ -26,7 +34,8 @@ class SyntheticSample:
     subset: str
     name: str
     prompt: str
-    mask: np.ndarray          # (H, W) bool
+    mask: np.ndarray          # (H, W) bool editable area
+    region: np.ndarray        # (H, W) bool: the dragged block (the i4p file's region)
     handle: np.ndarray        # (N, 2) sparse handle points, pixels
     target: np.ndarray        # (N, 2)
     dense_handle: np.ndarray  # (M, 2) dense pairs, pixels (multiples of CELL)
@@ -37,7 +46,8 @@ class SyntheticSample:
         return f"{self.subset}/{self.name}"
 
 
-# (subset, name, prompt, handle cell box (x0, y0, x1, y1) inclusive, shift in cells, sparse pairs, editable rows)
+# (subset, name, prompt, handle cell box (x0, y0, x1, y1) inclusive, shift in cells, sparse pairs, editable rows);
+# every sparse handle lies in its box
 SPECS = [
     ("sr", "art_0", "a painting", (1, 2, 2, 4), (3, 0), [((12, 28), (36, 28))], None),
     ("sr", "cat_1", "a cat", (4, 4, 5, 5), (-3, -2), [((36, 36), (12, 20)), ((44, 44), (20, 28))], (8, 64)),
@@ -50,33 +60,57 @@ def _interleave(handle, target) -> list:
     return [p for pair in zip(handle, target) for p in pair]
 
 
-def _dump(path: Path, prompt: str, points: list, mask: np.ndarray) -> None:
+def dump_pickle(path: Path, data) -> None:
     with open(path, "wb") as f:
-        pickle.dump({"prompt": prompt, "points": points, "mask": mask}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def write_synthetic_dragbench(root: Path, size: int = SIZE) -> dict[str, SyntheticSample]:
-    """Write the four samples under root/dragbench-sr and root/dragbench-dr; return what was written."""
+def _specs(counts: Optional[dict[str, int]]):
+    """SPECS, or per subset `counts[subset]` of them, repeated under new names."""
+    if counts is None:
+        return SPECS
+    out = []
+    for subset, n in counts.items():
+        mine = [s for s in SPECS if s[0] == subset]
+        out += [(subset, name if i < len(mine) else f"{name}_{i}", *rest)
+                for i, (_, name, *rest) in ((i, mine[i % len(mine)]) for i in range(n))]
+    return out
+
+
+def write_synthetic_dragbench(root: Path, size: int = SIZE, annotations: Iterable[str] = ALL,
+                              counts: Optional[dict[str, int]] = None) -> dict[str, SyntheticSample]:
+    """Write the samples under root/dragbench-sr and root/dragbench-dr; return what was written."""
     rng = np.random.default_rng(0)
     written = {}
-    for i, (subset, name, prompt, (x0, y0, x1, y1), (dx, dy), sparse, rows) in enumerate(SPECS):
-        folder = Path(root) / {"sr": "dragbench-sr", "dr": "dragbench-dr"}[subset] / name
+    for i, (subset, name, prompt, (x0, y0, x1, y1), (dx, dy), sparse, rows) in enumerate(_specs(counts)):
+        folder = Path(root) / FOLDERS[subset] / name
         folder.mkdir(parents=True)
         photo = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        photo[y0 * CELL:(y1 + 1) * CELL, x0 * CELL:(x1 + 1) * CELL] = (255, 64 * i, 0)  # the dragged block
+        block = np.s_[y0 * CELL:(y1 + 1) * CELL, x0 * CELL:(x1 + 1) * CELL]
+        photo[block] = (255, 64 * (i % 4), 0)  # the dragged block
         Image.fromarray(photo).save(folder / "original_image.png")
-        Image.fromarray(photo).save(folder / "user_drag.png")  # in the release; readers ignore it
         mask = np.ones((size, size), np.uint8)
         if rows is not None:
             mask[:] = 0
             mask[rows[0]:rows[1]] = 1
+        region = np.zeros((size, size), np.uint8)
+        region[block] = 1
         ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
         cells = np.stack([xs.ravel(), ys.ravel()], 1)
         dense_handle, dense_target = cells * CELL, (cells + (dx, dy)) * CELL
         handle = np.array([h for h, _ in sparse], np.float64)
         target = np.array([t for _, t in sparse], np.float64)
-        _dump(folder / "meta_data.pkl", prompt, _interleave([h for h, _ in sparse], [t for _, t in sparse]), mask)
-        _dump(folder / "meta_data_region.pkl", prompt, _interleave(list(dense_handle), list(dense_target)), mask)
-        sample = SyntheticSample(subset, name, prompt, mask != 0, handle, target, dense_handle, dense_target)
+        dump_pickle(folder / "meta_data.pkl", {"prompt": prompt, "mask": mask, "points": _interleave(
+            [h for h, _ in sparse], [t for _, t in sparse])})
+        Image.fromarray(photo).save(folder / "user_drag.png")  # drawings of the drag; readers ignore them
+        if "region" in annotations:
+            dense = _interleave(list(dense_handle), list(dense_target))
+            dump_pickle(folder / "meta_data_region.pkl", {"prompt": prompt, "mask": mask, "points": dense})
+        if "i4p" in annotations:
+            dump_pickle(folder / "meta_data_i4p.pkl", {"mask": region, "points": _interleave(
+                list(handle.astype(np.int64)), list(target.astype(np.int64)))})
+            Image.fromarray(photo).save(folder / "user_drag_i4p.png")
+        sample = SyntheticSample(subset, name, prompt, mask != 0, region != 0, handle, target, dense_handle,
+                                 dense_target)
         written[sample.key] = sample
     return written

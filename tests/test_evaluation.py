@@ -1,5 +1,6 @@
-"""DragBench evaluation: the dataset reader on a synthetic DragBench-SR/DR, and every script run end
-to end on it with tiny random models (--random-tiny): tables, JSON, resuming, analysis plots."""
+"""DragBench evaluation: the dataset reader on a synthetic DragBench-SR/DR with every annotation file,
+and the scripts run end to end on it with tiny random models (--random-tiny): each annotation kind,
+auto-detection, bad samples skipped, tables, JSON, resuming, the point-count analysis."""
 import csv
 import importlib.util
 import json
@@ -11,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from regiondrag.dragbench.reader import (DatasetError, INPAINT4DRAG_FILE, REGION_FILE, find_samples,
-                                       region_mapping)
 from models.lpips import AlexNet
-from regiondrag.dragbench.run import EDIT_FILE, RESULTS_FILE, ResultStore, edit_sample, pretrained_models
+from regiondrag.dragbench.reader import (DatasetError, INPAINT4DRAG_FILE, REGION_FILE, find_samples,
+                                         region_mapping)
+from regiondrag.dragbench.run import EDIT_FILE, RESULTS_FILE, Editor, ResultStore, Setting, pretrained_models
+from regiondrag.mapping import dense_mapping
+from regiondrag.regions import PointPairs, RegionError, RegionPoints
+from synthetic_dragbench import CELL, PUBLISHED, SIZE, dump_pickle, write_synthetic_dragbench
 from weights.lpips import ALEXNET_URL
-from synthetic_dragbench import CELL, SIZE, write_synthetic_dragbench
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
@@ -84,6 +87,50 @@ def test_reader_round_trips_the_synthetic_dataset(bench):
         assert s.pair_counts() == (len(w.dense_handle), len(w.handle))
 
 
+def test_each_annotation_kind_reads_as_its_edit_input(bench):
+    """region: the dense pairs; i4p: its region dragged by its points (RegionPoints); points: the
+    point file's clicks as PointPairs. Prompt and editable mask: the region file's, else the point file's."""
+    root, written = bench
+    for s in find_samples(root, annotations=["region", "i4p", "points"]):
+        w = written[s.key]
+        assert s.annotations() == ["region", "i4p", "points"]
+        region = s.drag_input("region")
+        np.testing.assert_array_equal(region.dense.handle, w.dense_handle)
+        assert region.edit_arguments((SIZE, SIZE), (SIZE, SIZE)).keys() == {"mapping"}
+        i4p = s.drag_input("i4p")
+        [pair] = i4p.regions
+        assert isinstance(pair, RegionPoints)
+        np.testing.assert_array_equal(pair.region, w.region)
+        np.testing.assert_array_equal(pair.handle, w.handle)
+        np.testing.assert_array_equal(pair.target, w.target)
+        assert i4p.edit_arguments((SIZE, SIZE), (SIZE, SIZE)) == {"regions": i4p.regions}
+        points = s.drag_input("points", point_radius=4)
+        [pair] = points.regions
+        assert isinstance(pair, PointPairs) and pair.radius == 4
+        np.testing.assert_array_equal(pair.handle, w.handle)
+        for drag in (region, i4p, points):
+            assert drag.prompt == w.prompt
+            np.testing.assert_array_equal(drag.mask, w.mask)
+        # the i4p region's mapping moves the whole block: as many cells as the region file's pairs
+        assert len(i4p.mapping((SIZE, SIZE), (SIZE, SIZE))[0]) == len(w.dense_handle)
+        np.testing.assert_array_equal(points.mapping((SIZE, SIZE), (SIZE, SIZE))[1],
+                                      dense_mapping(points.regions, (SIZE, SIZE))[1])
+
+
+def test_auto_detection_prefers_region_then_i4p_then_points(tmp_path):
+    write_synthetic_dragbench(tmp_path / "all")
+    write_synthetic_dragbench(tmp_path / "today", annotations=PUBLISHED)
+    write_synthetic_dragbench(tmp_path / "points", annotations=())
+    for folder, kind in (("all", "region"), ("today", "i4p"), ("points", "points")):
+        assert {s.annotation() for s in find_samples(tmp_path / folder)} == {kind}
+    sample = find_samples(tmp_path / "today", ["sr"])[0]
+    assert sample.annotation("points") == "points"
+    with pytest.raises(DatasetError, match=f"art_0: no {REGION_FILE} for --annotation region; it has i4p, points"):
+        sample.annotation("region")
+    with pytest.raises(DatasetError, match="art_0: no meta_data_region.pkl"):  # checked up front, for all samples
+        find_samples(tmp_path / "today", annotations=["region"])
+
+
 def test_reader_subset_folder_limit_and_order(bench):
     root, _ = bench
     dr = find_samples(root / "dragbench-dr", ["dr"])
@@ -98,17 +145,28 @@ def test_reader_errors_name_what_is_missing(tmp_path):
     with pytest.raises(DatasetError, match="no dragbench-dr/ folder"):
         find_samples(tmp_path / "dragbench-sr", ["dr"])
     folder = tmp_path / "dragbench-sr" / "cat_1"
-    (folder / REGION_FILE).rename(folder / INPAINT4DRAG_FILE)
-    with pytest.raises(DatasetError, match=f"cat_1: missing {REGION_FILE}; .*Inpaint4Drag"):
-        find_samples(tmp_path, ["sr"])
-    (folder / INPAINT4DRAG_FILE).unlink()
     (folder / "original_image.png").unlink()
-    with pytest.raises(DatasetError, match="missing original_image.png, meta_data_region.pkl$"):
+    (folder / "meta_data.pkl").unlink()
+    with pytest.raises(DatasetError, match="cat_1: missing original_image.png, meta_data.pkl$"):
         find_samples(tmp_path, ["sr"])
     shutil.rmtree(tmp_path / "dragbench-dr" / "animals")
     shutil.rmtree(tmp_path / "dragbench-dr" / "art_work")
     with pytest.raises(DatasetError, match="holds no sample folders"):
         find_samples(tmp_path, ["dr"])
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"not a pickle", "cannot read DragBench metadata"),
+    ({"points": [(1, 2)], "mask": np.ones((SIZE, SIZE), np.uint8)}, "'points' must be a non-empty list"),
+    ({"mask": np.ones((SIZE, SIZE), np.uint8)}, "expected Inpaint4Drag's dict with keys 'points', 'mask'; found"),
+    ({"points": [(1, 2), (3, 4)], "mask": np.ones(SIZE)}, "'mask' must be an .H, W. region mask"),
+])
+def test_a_malformed_i4p_file_is_a_region_error(tmp_path, content, why):
+    write_synthetic_dragbench(tmp_path, annotations=PUBLISHED)
+    path = tmp_path / "dragbench-sr" / "art_0" / INPAINT4DRAG_FILE
+    path.write_bytes(content) if isinstance(content, bytes) else dump_pickle(path, content)
+    with pytest.raises(RegionError, match=why):
+        find_samples(tmp_path, ["sr"])[0].drag_input("i4p")
 
 
 def test_region_mapping_is_floor_by_8_and_follows_the_working_size(bench):
@@ -124,18 +182,22 @@ def test_region_mapping_is_floor_by_8_and_follows_the_working_size(bench):
         region_mapping(meta, (32, 64), (32, 64))
 
 
-def test_result_store_merges_records_and_survives_a_cut_line(tmp_path):
-    path = tmp_path / RESULTS_FILE
-    store = ResultStore(path)
-    store.add("v", "sr/a", edit_s=1.0)
-    store.add("v", "sr/a", md=0.1, lpips=0.2)
-    with open(path, "a") as f:
-        f.write('{"variant": "v", "sample": "sr/b", "md": 0.')  # a crash mid-write
-    store = ResultStore(path)
-    assert store.get("v", "sr/a") == {"variant": "v", "sample": "sr/a", "edit_s": 1.0, "md": 0.1, "lpips": 0.2}
-    assert store.get("v", "sr/b") == {}
-    store.add("v", "sr/b", md=0.3)
-    assert ResultStore(path).get("v", "sr/b")["md"] == 0.3
+def test_result_store_merges_records_of_every_file_and_survives_a_cut_line(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add("v", "region", "sr/a", edit_s=1.0)
+    store.add("v", "region", "sr/a", md=0.1, lpips=0.2)
+    store.add("v", "i4p", "sr/a", md=0.5)  # another annotation of the same sample: another record
+    with open(tmp_path / RESULTS_FILE, "a") as f:
+        f.write('{"setting": "v", "annotation": "region", "sample": "sr/b", "md": 0.')  # a crash mid-write
+    ResultStore(tmp_path, "results.rank1.jsonl").add("v", "region", "sr/c", md=0.7)  # another rank's file
+    store = ResultStore(tmp_path)
+    assert store.get("v", "region", "sr/a") == {"setting": "v", "annotation": "region", "sample": "sr/a",
+                                                "edit_s": 1.0, "md": 0.1, "lpips": 0.2}
+    assert store.get("v", "i4p", "sr/a")["md"] == 0.5
+    assert store.get("v", "region", "sr/b") == {}
+    assert store.get("v", "region", "sr/c")["md"] == 0.7
+    store.add("v", "region", "sr/b", md=0.3)
+    assert ResultStore(tmp_path).get("v", "region", "sr/b")["md"] == 0.3
 
 
 # ---------------------------------------------------------------- real-weights path
@@ -150,10 +212,10 @@ def test_pretrained_models_load_from_weight_folders(bench, tiny_sd_folder, tmp_p
     monkeypatch.setenv("REGIONDRAG_WEIGHTS", str(tmp_path))  # fetch_alexnet finds it there, offline
     models = pretrained_models(str(tiny_sd_folder), dift_weights=str(tiny_sd_folder), device="cpu")
     assert models.setup == dict(weights=str(tiny_sd_folder), ip_adapter=None, dift_weights=str(tiny_sd_folder),
-                                dtype="torch.float32", max_side=None)
+                                dtype="torch.float32")
     sample = find_samples(bench[0], ["sr"], limit=1)[0]
-    image, seconds = edit_sample(models.pipeline, sample, {})
-    assert image.size == (SIZE, SIZE) and seconds > 0
+    image, timing = Editor(models)(sample, Setting("s"), "region")
+    assert image.size == (SIZE, SIZE) and timing["edit_s"] > 0 and not timing["shared_inversion"]
     assert models.metrics.dift.context("a dog").shape == (1, 77, 32)
     torch.testing.assert_close(models.metrics.lpips.net.features[0].weight, alexnet["features.0.weight"])
 
@@ -166,12 +228,13 @@ def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
     save, report = tmp_path / "eval", tmp_path / "eval.json"
     assert evaluate(tiny_args(root, save, "--json", report)) == 0
     out = capsys.readouterr().out
-    assert "4 samples x 1 variant(s): edited 4, measured 4, reused 0" in out
+    assert "annotation auto: region for 4 samples" in out
+    assert "4 samples x 1 setting(s): edited 4, measured 4, reused 0, skipped 0" in out
     header, _, *body = table = table_cells(out)
-    assert header == ["benchmark", "samples", "MD×100", "LPIPS×100", "s / edit",
+    assert header == ["benchmark", "annotation", "samples", "MD×100", "LPIPS×100", "s / edit",
                       "paper MD×100", "paper LPIPS×100", "paper s / edit"]
     rows = {row[0]: row[1:] for row in body}
-    assert rows["DragBench-SR"][0] == rows["DragBench-DR"][0] == "2"
+    assert rows["DragBench-SR"][:2] == rows["DragBench-DR"][:2] == ["region", "2"]
     assert rows["DragBench-SR"][-3:] == ["6.40", "9.90", "1.50"]
     assert rows["DragBench-DR"][-3:] == ["6.60", "9.20", "1.50"]
 
@@ -183,9 +246,11 @@ def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
         mine = [r for k, r in scores.items() if k.startswith(subset)]
         assert by_subset[subset]["md"] == pytest.approx(100 * np.mean([r["md"] for r in mine]))
         assert by_subset[subset]["lpips"] == pytest.approx(100 * np.mean([r["lpips"] for r in mine]))
-        assert f"{by_subset[subset]['md']:.2f}" == rows[f"DragBench-{subset.upper()}"][1]
-    assert all(r["lpips"] > 0 and r["md"] >= 0 and r["edit_s"] > 0 for r in scores.values())
-    edit = save / "encode_then_cp" / "dragbench-dr" / "animals" / "JH_2023-09-14-1820-16" / EDIT_FILE
+        assert f"{by_subset[subset]['md']:.2f}" == rows[f"DragBench-{subset.upper()}"][2]
+    assert all(r["lpips"] > 0 and r["md"] >= 0 and r["edit_s"] > 0 and r["annotation"] == "region"
+               for r in scores.values())
+    assert result["settings"]["encode_then_cp"]["annotation"] == "auto"
+    edit = save / "encode_then_cp" / "region" / "dragbench-dr" / "animals" / "JH_2023-09-14-1820-16" / EDIT_FILE
     assert Image.open(edit).size == (SIZE, SIZE)
 
     assert evaluate(tiny_args(root, save)) == 0  # everything recorded: nothing edited or measured
@@ -200,46 +265,71 @@ def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
     assert all(remeasured[k]["md"] == scores[k]["md"] and "edit_s" not in remeasured[k] for k in scores)
 
     assert evaluate(tiny_args(root, save, "--max-side", 32)) == 2  # other settings: refused, not mixed in
-    assert "holds results of another setup" in capsys.readouterr().err
+    assert "'encode_then_cp' was run with" in capsys.readouterr().err
 
 
-@needs_matplotlib
-def test_point_fraction_analysis_writes_table_and_plot(bench, tmp_path, capsys):
-    root, _ = bench
-    args = tiny_args(root, tmp_path, "--subset", "sr", "--limit", 1, "--fractions", 1, 0.5)
-    assert script("analysis_point_fraction")(args) == 0
-    assert "1 samples x 2 variant(s): edited 2" in capsys.readouterr().out
-    rows = read_csv(tmp_path / "point_fraction.csv")
-    assert rows[0] == ["fraction", "benchmark", "samples", "MD×100", "LPIPS×100", "s / edit"]
-    assert [r[:3] for r in rows[1:]] == [["1.0", "DragBench-SR", "1"], ["0.5", "DragBench-SR", "1"]]
-    assert (tmp_path / "point_fraction.png").read_bytes()[:8] == PNG_MAGIC
-
-
-@needs_matplotlib
-def test_copy_paste_analysis_writes_table_and_plot(bench, tmp_path, capsys):
-    root, _ = bench
-    assert script("analysis_copy_paste")(tiny_args(root, tmp_path, "--subset", "dr", "--limit", 1)) == 0
-    out = capsys.readouterr().out
-    assert "| single-step | DragBench-DR |" in out and "|  multi-step | DragBench-DR |" in out
-    rows = read_csv(tmp_path / "copy_paste.csv")
-    assert [r[:3] for r in rows[1:]] == [["single-step", "DragBench-DR", "1"], ["multi-step", "DragBench-DR", "1"]]
-    single, multi = (float(r[4]) for r in rows[1:])
-    assert single != multi  # the schedules really edit differently
-    assert (tmp_path / "copy_paste.png").read_bytes()[:8] == PNG_MAGIC
-
-
-@needs_matplotlib
-def test_point_counts_counts_the_region_files_pairs(bench, tmp_path, capsys):
+@pytest.mark.parametrize("annotation", ["region", "i4p", "points"])
+def test_evaluate_edits_with_each_annotation(bench, tmp_path, capsys, annotation):
     root, written = bench
-    assert script("analysis_point_counts")(["--data", str(root), "--out-dir", str(tmp_path)]) == 0
-    per_sample = {f"{'sr' if r[0].endswith('SR') else 'dr'}/{r[1]}": (int(r[2]), int(r[3]))
-                  for r in read_csv(tmp_path / "point_counts.csv")[1:]}
-    assert per_sample == {k: (len(w.dense_handle), len(w.handle)) for k, w in written.items()}
-    summary = {r[0]: r[1:] for r in read_csv(tmp_path / "point_counts_summary.csv")[1:]}
+    save, report = tmp_path / "eval", tmp_path / "eval.json"
+    assert script("evaluate")(tiny_args(root, save, "--annotation", annotation, "--subset", "sr", "--json",
+                                        report)) == 0
+    out = capsys.readouterr().out
+    assert f"annotation {annotation}: {annotation} for 2 samples" in out
+    assert [row[:3] for row in table_cells(out)[2:]] == [["DragBench-SR", annotation, "2"]]
+    result = json.loads(report.read_text())
+    assert {r["annotation"] for r in result["samples"]} == {annotation}
+    assert result["summary"][0]["annotation"] == annotation
+    edits = {p.parent.name: np.asarray(Image.open(p)) for p in (save / f"encode_then_cp-{annotation}").rglob(EDIT_FILE)}
+    assert set(edits) == {"art_0", "cat_1"}
+    original = np.asarray(Image.open(root / "dragbench-sr" / "cat_1" / "original_image.png"))
+    mask = written["sr/cat_1"].mask
+    np.testing.assert_array_equal(edits["cat_1"][~mask], original[~mask])  # the editable mask is applied
+    assert (edits["cat_1"][mask] != original[mask]).any()
+
+
+def test_auto_detection_is_printed_and_recorded(tmp_path, capsys):
+    """The data as published today (no region files): auto picks i4p for every sample."""
+    write_synthetic_dragbench(tmp_path / "data", annotations=PUBLISHED)
+    report = tmp_path / "eval.json"
+    assert script("evaluate")(tiny_args(tmp_path / "data", tmp_path / "eval", "--limit", 1, "--json", report)) == 0
+    assert "annotation auto: i4p for 2 samples" in capsys.readouterr().out
+    assert {r["annotation"] for r in json.loads(report.read_text())["samples"]} == {"i4p"}
+
+
+def test_a_malformed_i4p_sample_is_reported_and_the_run_goes_on(tmp_path, capsys):
+    write_synthetic_dragbench(tmp_path / "data", annotations=PUBLISHED)
+    bad = tmp_path / "data" / "dragbench-sr" / "cat_1" / INPAINT4DRAG_FILE
+    dump_pickle(bad, {"points": [(1, 2), (3, 4), (5, 6)], "mask": np.ones((SIZE, SIZE), np.uint8)})
+    report = tmp_path / "eval.json"
+    assert script("evaluate")(tiny_args(tmp_path / "data", tmp_path / "eval", "--json", report)) == 0
+    captured = capsys.readouterr()
+    [line] = [line for line in captured.err.splitlines() if line.startswith("skipped")]
+    assert line.startswith(f"skipped sr/cat_1 [encode_then_cp]: {bad}: 'points' must be")
+    assert "edited 3, measured 3, reused 0, skipped 1" in captured.out
+    rows = {row[0]: row[1:] for row in table_cells(captured.out)[2:]}
+    assert rows["DragBench-SR"][1] == "1" and rows["DragBench-DR"][1] == "2"
+    result = json.loads(report.read_text())
+    assert {r["sample"] for r in result["samples"]} == {"sr/art_0", "dr/animals/JH_2023-09-14-1820-16",
+                                                        "dr/art_work/JH_2023-09-15-0901-02"}
+    assert result["failed"] == [line.removeprefix("skipped ")]
+
+
+@needs_matplotlib
+def test_point_counts_counts_the_annotations_pairs(bench, tmp_path, capsys):
+    root, written = bench
+    for annotation in ("auto", "i4p"):  # the region file's pairs; the i4p region's mapping: the same block
+        out = tmp_path / annotation
+        assert script("analysis_point_counts")(["--data", str(root), "--out-dir", str(out),
+                                                "--annotation", annotation]) == 0
+        per_sample = {f"{'sr' if r[0].endswith('SR') else 'dr'}/{r[1]}": (int(r[2]), int(r[3]))
+                      for r in read_csv(out / "point_counts.csv")[1:]}
+        assert per_sample == {k: (len(w.dense_handle), len(w.handle)) for k, w in written.items()}
+    summary = {r[0]: r[1:] for r in read_csv(out / "point_counts_summary.csv")[1:]}
     sr = [len(w.dense_handle) for k, w in written.items() if k.startswith("sr/")]
     assert summary["DragBench-SR"][:3] == [str(len(sr)), str(min(sr)), str(float(np.median(sr)))]
     assert "| DragBench-DR |" in capsys.readouterr().out
-    assert (tmp_path / "point_counts.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "point_counts.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_point_counts_reports_a_bad_dataset_in_one_line(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The fast path changes speed, never results: compiled and half-precision edits against eager fp32."""
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.regions import regions_from_json
 from regiondrag.image_io import load_image
 
-EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+from benchmark import DiffusersUNet, DiffusersVAE  # the benchmark's in-run baseline (scripts/)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +69,21 @@ def test_compiled_edit_equals_eager_and_compiles_once(models, photo_and_regions)
     assert np.abs(first - eager).max() <= 1  # same maths; at most a rounding step of 8-bit output
 
 
-@pytest.mark.parametrize("dtype, mean_tol, max_tol", [(torch.float16, 1.0, 16), (torch.bfloat16, 4.0, 48)])
-def test_half_precision_edit_close_to_fp32(models, photo_and_regions, dtype, mean_tol, max_tol):
-    """fp16/bf16 differ from fp32 by precision only: mean |diff| (of 255) within a few ULPs of
-    their mantissas (fp16: 10 bits, bf16: 7 bits) accumulated over 20 UNet calls."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_edit_is_as_close_to_fp32_as_diffusers_is(models, photo_and_regions, dtype):
+    """fp16/bf16 lose precision only: our half-precision edit is no further from our fp32 edit than
+    the same edit through diffusers' UNet and VAE (the benchmark's baseline, same weights) is from
+    its own fp32 edit. The tolerance is the reference's error, not a band fitted to our output."""
     unet, vae, context = models
-    _, ref = edit(unet, vae, context, *photo_and_regions)
-    _, half = edit(copy.deepcopy(unet).to(dtype), copy.deepcopy(vae).to(dtype), context, *photo_and_regions)
-    diff = np.abs(half - ref)
-    assert np.isfinite(half).all() and half.std() > 1  # not NaN, not a flat (black) image
-    assert diff.mean() < mean_tol and diff.max() <= max_tol
+    half = lambda m: copy.deepcopy(m).to(dtype)
+    ours_error = edit(half(unet), half(vae), context, *photo_and_regions)[1] - edit(unet, vae, context,
+                                                                                      *photo_and_regions)[1]
+    ref32 = edit(DiffusersUNet(unet), DiffusersVAE(vae), context, *photo_and_regions)[1]
+    ref_half = edit(DiffusersUNet(half(unet)), DiffusersVAE(half(vae)), context, *photo_and_regions)[1]
+    assert np.isfinite(ref_half).all() and ref_half.std() > 1  # not NaN, not a flat (black) image
+    ref_error = np.abs(ref_half - ref32)
+    assert np.abs(ours_error).mean() <= 1.25 * ref_error.mean() + 0.05
+    assert np.abs(ours_error).max() <= 1.25 * ref_error.max() + 1
 
 
 def test_fp16_vae_overflow_is_recomputed_in_fp32(models):

@@ -90,8 +90,16 @@ def test_masks_with_a_gap_use_the_nearest_filled_column():
     two_blocks = rect_mask(16, 16, 40, 64) | rect_mask(120, 16, 144, 64)  # columns 2..4 and 15..17
     handle, target = map_masks(region_to_latent(two_blocks, LATENT),
                                region_to_latent(rect_mask(16, 100, 160, 148), LATENT))
-    hm = region_to_latent(two_blocks, LATENT)
-    assert hm[handle[:, 1], handle[:, 0]].all()
+    hm, tm = region_to_latent(two_blocks, LATENT), region_to_latent(rect_mask(16, 100, 160, 148), LATENT)
+    filled, tx = np.flatnonzero(hm.any(0)), np.flatnonzero(tm.any(0))
+    assert filled.tolist() == [2, 3, 4, 15, 16, 17]
+    assert len(target) == tm.sum()
+    for (x, y), (sx, sy) in zip(target.tolist(), handle.tolist()):
+        reached = int((x - tx[0]) * (filled[-1] - filled[0]) / (tx[-1] - tx[0]) + filled[0] + 1e-6)
+        col = min(filled, key=lambda f: (abs(f - reached), f))  # the nearest filled column, ties to the left
+        hy, ty = np.flatnonzero(hm[:, col]), np.flatnonzero(tm[:, x])
+        assert (sx, sy) == (col, int((y - ty[0]) * (hy[-1] - hy[0]) / (ty[-1] - ty[0]) + hy[0] + 1e-6))
+    assert {2, 4, 15, 17} <= set(handle[:, 0].tolist())  # both blocks are used, edge to edge
 
 
 # --- translation ---------------------------------------------------------------------------

@@ -7,7 +7,6 @@ the K/V it reported while inverting.
 """
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -383,6 +382,17 @@ def test_point_fraction_keeps_a_subset_of_the_pairs(pipe):
         pipe.edit(PHOTO, regions, point_fraction=0, **FAST)
 
 
+def test_cp_then_encode_preview_moves_only_the_kept_pairs(pipe):
+    """With point_fraction < 1 the preview pastes the 8x8 blocks of the very pairs the latents move."""
+    regions = regions_from_json({"pairs": [{"kind": "polygons", "handle": [[4, 4], [28, 4], [28, 28], [4, 28]],
+                                            "target": [[34, 12], [60, 12], [60, 40], [34, 40]]}]}, (W, H))
+    result = pipe.edit(PHOTO, regions, method="cp_then_encode", point_fraction=0.5, **FAST)
+    expected = PHOTO.copy()
+    for (hx, hy), (tx, ty) in zip(*result.mapping):  # the kept latent pairs, written out block by block
+        expected[ty * 8:ty * 8 + 8, tx * 8:tx * 8 + 8] = PHOTO[hy * 8:hy * 8 + 8, hx * 8:hx * 8 + 8]
+    np.testing.assert_array_equal(np.asarray(result.preview), expected)
+
+
 @pytest.mark.parametrize("size", [(61, 45), (45, 61), (50, 50)])
 def test_odd_sized_photo_comes_back_at_its_size(pipe, size):
     """Not a multiple of 8: the models work at the working size (latents 8x5, 5x8, 8x8: odd
@@ -409,6 +419,3 @@ def test_bad_arguments_are_refused(pipe):
     with pytest.raises(ValueError, match="unknown copy-paste schedule"):
         pipe.edit(PHOTO, mapping=SHIFT, paste_schedule="nope", **FAST)
 
-
-def test_n_steps_constant_matches_the_grid():
-    assert N == len(GRIDS["reference"](STEPS, START_T).inversion) == math.floor(STEPS * START_T)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,14 +30,22 @@ def markdown_table(header: Row, rows: Sequence[Row], digits: int = 2) -> str:
                      + [fmt(line) for line in lines[1:]])
 
 
-def write_csv(path: PathLike, header: Row, rows: Sequence[Row]) -> Path:
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over: never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
     return path
+
+
+def write_csv(path: PathLike, header: Row, rows: Sequence[Row]) -> Path:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomic(path, text.getvalue())
 
 
 def pyplot():
@@ -53,9 +63,11 @@ def pyplot():
 def save_figure(fig, path: PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
     fig.tight_layout()
-    fig.savefig(path, dpi=FIGURE_DPI)
+    fig.savefig(part, dpi=FIGURE_DPI, format=path.suffix.lstrip("."))
     pyplot().close(fig)
+    os.replace(part, path)
     return path
 
 
