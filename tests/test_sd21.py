@@ -34,6 +34,7 @@ def pipe(tiny_sd2_folder):
 
 def test_tiny_sd2_edit_end_to_end(pipe):
     assert pipe.backbone == "sd21" and pipe.unet.cfg.prediction_type == "v_prediction"
+    assert (pipe.config.max_side, pipe.config.ip_scale) == (768, 0.0)  # the reference's v2-1 size; no adapter
     photo = Image.open(CHELSEA).convert("RGB")
     result = pipe.edit(photo, regions_from_json(CHELSEA_REGIONS, photo.size), max_side=64, steps=10, progress=False)
     assert result.image.size == photo.size and np.asarray(result.image).std() > 1

@@ -95,6 +95,7 @@ def test_tiny_sdxl_edit_end_to_end(tiny_sdxl_folder):
 
     pipe = RegionDragPipeline.from_pretrained(str(tiny_sdxl_folder), device="cpu", dtype=torch.float32)
     assert pipe.backbone == "sdxl" and pipe.vae.scaling_factor == 0.13025  # from vae/config.json
+    assert (pipe.config.max_side, pipe.config.ip_scale) == (1024, 0.6)  # the reference's xl settings
     photo = Image.open(EXAMPLES / "chelsea.png").convert("RGB")
     result = pipe.edit(photo, regions_from_json(EXAMPLES / "chelsea.json", photo.size), max_side=64, steps=10,
                        progress=False, return_intermediates=True)
@@ -102,6 +103,24 @@ def test_tiny_sdxl_edit_end_to_end(tiny_sdxl_folder):
     cond = result.inversion.context
     assert torch.equal(cond.time_ids, torch.tensor([[40.0, 64, 0, 0, 40, 64]]))  # the 64 x 40 working image
     assert np.asarray(result.image).std() > 1  # not a flat image
+
+
+def test_another_vae_from_its_own_folder_replaces_the_pipelines(tiny_sdxl_folder, tmp_path):
+    """--vae SRC: a VAE published alone (config.json and weights at the folder's root, as the fp16-safe
+    SDXL VAE is) is loaded instead of the pipeline folder's vae/."""
+    from diffusers import AutoencoderKL
+
+    from conftest import randomize_norms
+    from regiondrag.pipeline import RegionDragPipeline
+
+    torch.manual_seed(7)
+    randomize_norms(AutoencoderKL(**TINY_SDXL_VAE)).save_pretrained(tmp_path / "fp16-safe-vae")
+    pipe = RegionDragPipeline.from_pretrained(str(tiny_sdxl_folder), vae=str(tmp_path / "fp16-safe-vae"),
+                                              device="cpu", dtype=torch.float32)
+    own = weights.load_vae(tiny_sdxl_folder)
+    alone = AutoencoderKL.from_pretrained(tmp_path / "fp16-safe-vae")
+    assert torch.equal(pipe.vae.decoder.conv_in.weight, alone.decoder.conv_in.weight)
+    assert not torch.equal(pipe.vae.decoder.conv_in.weight, own.decoder.conv_in.weight)
 
 
 def test_cli_edit_runs_on_a_tiny_sdxl(tiny_sdxl_folder, tmp_path, capsys):

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY_CLIP, TINY_UNET, TINY_VAE, save_diffusers_folder
+from conftest import TINY_CLIP, TINY_CLIP_2, TINY_UNET, TINY_VAE, save_diffusers_folder
 from diffusers import AutoencoderKL as RefVAE
 from diffusers import UNet2DConditionModel as RefUNet
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
@@ -429,3 +429,13 @@ def test_text_encoder_penultimate_layer(tiny_sd_folder):
     encoder = weights.load_text_encoder(tiny_sd_folder, skip_last_layers=1)
     assert torch.allclose(encoder(PROMPTS), expected, atol=1e-6)
     assert not torch.allclose(encoder(PROMPTS), reference_embedding(tiny_sd_folder, PROMPTS), atol=1e-3)
+
+
+def test_vae_only_hub_repo_and_sdxl_hub_id_resolve(tiny_sdxl_folder, offline_cache, tmp_path):
+    """A repo holding a VAE alone (madebyollin/sdxl-vae-fp16-fix's layout: config.json and weights at the
+    root) loads as a VAE; the SDXL hub id fetches and loads both text encoders."""
+    fake_hub_snapshot(offline_cache, "someone/sdxl-vae-fp16-fix", tiny_sdxl_folder / "vae")
+    assert weights.load_vae("someone/sdxl-vae-fp16-fix").scaling_factor == 0.13025
+    fake_hub_snapshot(offline_cache, weights.HUB_IDS["sdxl"], tiny_sdxl_folder)
+    encoder = weights.load_text_encoder(weights.HUB_IDS["sdxl"])
+    assert encoder.width == TINY_CLIP["hidden_size"] + TINY_CLIP_2["hidden_size"]
