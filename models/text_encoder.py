@@ -50,7 +50,8 @@ class TextEncoder(nn.Module):
         if self.skip_last_layers == 0:
             return out.last_hidden_state
         # transformers 5 flattened CLIPTextModel (no `.text_model`); 4.x nests it
-        return getattr(self.model, "text_model", self.model).final_layer_norm(out.hidden_states[-1 - self.skip_last_layers])
+        final_norm = getattr(self.model, "text_model", self.model).final_layer_norm
+        return final_norm(out.hidden_states[-1 - self.skip_last_layers])
 
 
 class SDXLTextEncoder(nn.Module):

@@ -196,8 +196,8 @@ class UNet(nn.Module):
         ch, groups, n = cfg.block_channels, cfg.norm_groups, cfg.layers_per_block
         temb = ch[0] * 4
         res = lambda cin, cout: ResBlock(cin, cout, groups, temb, eps=1e-5)  # noqa: E731
-        attn = lambda c, level: SpatialTransformer(c, cfg.context_dim, cfg.heads[level], cfg.linear_proj, groups,  # noqa: E731
-                                                   cfg.depth(level))
+        attn = lambda c, level: SpatialTransformer(  # noqa: E731
+            c, cfg.context_dim, cfg.heads[level], cfg.linear_proj, groups, cfg.depth(level))
 
         self.time_embedding = TimestepEmbedding(ch[0], temb)
         self.add_embedding = (TimestepEmbedding(cfg.pooled_text_dim + 6 * cfg.addition_time_embed_dim, temb)

@@ -21,7 +21,8 @@ class UsageError(ValueError):
     """A command line that cannot be run as given."""
 
 
-def _add_inputs(p: argparse.ArgumentParser, max_side_default: Optional[int] = MAX_SIDE, max_side_help: str = "") -> None:
+def _add_inputs(p: argparse.ArgumentParser, max_side_default: Optional[int] = MAX_SIDE,
+                max_side_help: str = "") -> None:
     p.add_argument("--image", required=True, type=Path, help="the photo to edit (PNG, JPEG, ...)")
     p.add_argument("--regions", required=True, type=Path,
                    help="region file: our JSON format (see README), or a DragBench meta_data_region.pkl")

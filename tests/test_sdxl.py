@@ -320,3 +320,14 @@ def test_sdxl_unet_traces_as_one_graph_with_its_conditioning():
     x, t, cond = unet_inputs(unet.cfg, size=8)
     explained = torch._dynamo.explain(unet.forward_recording_kv)(x, t, cond)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_tiny_sdxl_edit_in_fp16_has_no_nans(tiny_sdxl_folder):
+    """fp16 end to end (the pooled embedding and size ids in half precision too): a finite, non-flat image."""
+    from regiondrag.pipeline import RegionDragPipeline
+
+    pipe = RegionDragPipeline.from_pretrained(str(tiny_sdxl_folder), device="cpu", dtype=torch.float16)
+    mapping = (np.array([[1, 1]]), np.array([[3, 2]]))
+    result = pipe.edit(PHOTO_64x48, mapping=mapping, max_side=64, steps=8, progress=False, return_intermediates=True)
+    assert result.inversion.context.pooled.dtype == torch.float16
+    assert torch.isfinite(result.denoising.latents[-1]).all() and np.asarray(result.image).std() > 1

@@ -3,7 +3,8 @@ checkpoints and hub model ids, into the modules of models/.
 
     unet = weights.load_unet(src, dtype=torch.float16, device="cuda")   # src: folder, file or model id
     vae = weights.load_vae(src)
-    text_encoder = weights.load_text_encoder(src)
+    text_encoder = weights.load_text_encoder(src)   # SDXL: both encoders, an SDXLTextEncoder
+    backbone = weights.backbone_of(unet.cfg)        # "sd15" | "sd21" | "sdxl"; weights.HUB_IDS[backbone]
     folder = weights.resolve("stable-diffusion-v1-5/stable-diffusion-v1-5")  # fetch (when online)
     resampler = weights.load_ip_adapter(adapter_file, unet)    # IP-Adapter-Plus: to_k_ip/to_v_ip into unet
     lpips = weights.load_lpips()                               # the lpips package's heads, torchvision's AlexNet
