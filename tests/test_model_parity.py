@@ -145,7 +145,7 @@ def test_sd15_shapes_vae_matches_diffusers(sd15_folder):
 def test_sd15_has_16_self_attention_layers_and_replays(sd15_folder):
     unet = weights.load_unet(sd15_folder)
     x, t, context = unet_inputs(unet.cfg, size=16)
-    out, kvs = unet.forward_recording_kv(x, t, context)
+    _, kvs = unet.forward_recording_kv(x, t, context)
     assert len(kvs) == 16
     other = unet_inputs(unet.cfg, size=16, seed=1)[0]  # replay x's K/V while predicting for another latent
     torch.testing.assert_close(unet(other, t, context, kv=kvs), DiffusersUNet(unet)(other, t, context, kv=kvs),
