@@ -16,7 +16,7 @@ Module and parameter names follow the diffusers layout (`attn1.to_q`, `ff.net.0.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -129,22 +129,25 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Transformer over the positions of a feature map (diffusers' Transformer2DModel).
+    """Transformer over the positions of a feature map (diffusers' Transformer2DModel): a stack of
+    `depth` blocks (SD1.x/2.x: 1; SDXL: 2 or 10), each with its own self-attention layer.
 
-    SD1.x projects in/out with 1x1 convolutions, SD2.x with linear layers (`linear_proj`).
+    SD1.x projects in/out with 1x1 convolutions, SD2.x and SDXL with linear layers (`linear_proj`).
     """
 
-    def __init__(self, channels: int, context_dim: int, heads: int, linear_proj: bool, groups: int):
+    def __init__(self, channels: int, context_dim: int, heads: int, linear_proj: bool, groups: int, depth: int = 1):
         super().__init__()
         self.linear_proj = linear_proj
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)  # 1e-6 in SD's transformer blocks
         make = (lambda: nn.Linear(channels, channels)) if linear_proj else (lambda: nn.Conv2d(channels, channels, 1))
         self.proj_in = make()
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, context_dim, heads)])
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, context_dim, heads)
+                                                 for _ in range(depth)])
         self.proj_out = make()
 
-    def forward(self, x: Tensor, context: Tensor, kv: Optional[KV] = None,
-                image_prompt: Optional[ImagePrompt] = None) -> tuple[Tensor, KV]:
+    def forward(self, x: Tensor, context: Tensor, kv: Sequence[Optional[KV]],
+                image_prompt: Optional[ImagePrompt] = None) -> tuple[Tensor, list[KV]]:
+        """kv: one entry per block (given K/V or None); returns the output and the K/V each block used."""
         b, c, hgt, wid = x.shape
         h = self.norm(x)
         if not self.linear_proj:
@@ -152,10 +155,13 @@ class SpatialTransformer(nn.Module):
         h = h.permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # (B, HW, C)
         if self.linear_proj:
             h = self.proj_in(h)
-        h, kv = self.transformer_blocks[0](h, context, kv, image_prompt)
+        used = []
+        for block, block_kv in zip(self.transformer_blocks, kv, strict=True):
+            h, layer_kv = block(h, context, block_kv, image_prompt)
+            used.append(layer_kv)
         if self.linear_proj:
             h = self.proj_out(h)
         h = h.reshape(b, hgt, wid, c).permute(0, 3, 1, 2)
         if not self.linear_proj:
             h = self.proj_out(h)
-        return x + h, kv
+        return x + h, used

@@ -39,6 +39,12 @@ class ResamplerConfig:
         return cls()
 
     @classmethod
+    def sdxl(cls) -> "ResamplerConfig":
+        """ip-adapter-plus_sdxl_vit-h as `IPAdapterPlusXL.init_proj` builds it: dim 1280, 20 heads,
+        output 2048 (SDXL's context width), the same ViT-H features in."""
+        return cls(dim=1280, heads=20, output_dim=2048)
+
+    @classmethod
     def tiny(cls, **overrides) -> "ResamplerConfig":
         """Small resampler for tests, output width matching `UNetConfig.tiny()`; dim_head stays 64
         and depth 4 because diffusers' converter assumes both (heads = to_q rows // 64, 4 layers)."""

@@ -1,19 +1,24 @@
-"""The Stable Diffusion UNet (SD1.x / SD2.x), hand-written.
+"""The Stable Diffusion UNet (SD1.x / SD2.x / SDXL), hand-written.
 
     eps = unet(x, t, context)                          # x: (B, 4, h, w), context: (B, 77, C)
-    eps, kvs = unet(x, t, context, return_kv=True)     # kvs[i]: (k, v) of self-attention layer i
+    eps, kvs = unet.forward_recording_kv(x, t, context) # kvs[i]: (k, v) of self-attention layer i
     eps = unet(x, t, context, kv=kvs)                  # replay recorded keys/values
     eps = unet(x, t, context, kv=[None] * 6 + kvs[6:]) # replay in chosen layers only
+    feats = unet.features(x, t, context, up_block=1)   # DIFT features: the map after up block 1
+
+SDXL's UNet is conditioned on more than the text context: `Conditioning(context, pooled, time_ids)`
+stands in for the context tensor wherever the UNet takes one (see Conditioning).
 
 Self-attention layers are numbered in the order the forward visits them: down blocks,
-mid block, up blocks (SD1.5: 6 + 1 + 9 = 16 layers). Module names follow diffusers'
-`UNet2DConditionModel`, so its folders load by name; see weights/ for the original layout.
+mid block, up blocks, and inside a SpatialTransformer its blocks in order (SD1.5: 6 + 1 + 9 = 16
+layers; SDXL: 24 + 10 + 36 = 70). Module names follow diffusers' `UNet2DConditionModel`, so its
+folders load by name; see weights/ for the original layout.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +39,16 @@ class UNetConfig:
     out_channels: int = 4
     norm_groups: int = 32
     prediction_type: str = "epsilon"        # SD2.1-768 predicts v
+    # blocks per SpatialTransformer, per level (diffusers' transformer_layers_per_block; ignored at levels
+    # without attention); the mid block's is the last level's. None: one everywhere (SD1.x/2.x)
+    transformer_depth: Optional[tuple[int, ...]] = None
+    # SDXL's "text_time" added embedding: the pooled text embedding (pooled_text_dim wide) and
+    # sinusoidal embeddings (addition_time_embed_dim wide) of the six size numbers; 0: none (SD1.x/2.x)
+    addition_time_embed_dim: int = 0
+    pooled_text_dim: int = 0
+
+    def depth(self, level: int) -> int:
+        return 1 if self.transformer_depth is None else self.transformer_depth[level]
 
     @classmethod
     def sd15(cls) -> "UNetConfig":
@@ -45,10 +60,51 @@ class UNetConfig:
         return cls(heads=(5, 10, 20, 20), context_dim=1024, linear_proj=True, prediction_type="v_prediction")
 
     @classmethod
+    def sdxl(cls) -> "UNetConfig":
+        """SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0 unet/config.json): three levels, no
+        attention at the first, 2 and 10 transformer blocks at the others, 64-wide heads, 2048-wide
+        context (CLIP ViT-L 768 + OpenCLIP ViT-bigG 1280), text_time embedding of 1280 + 6 x 256."""
+        return cls(block_channels=(320, 640, 1280), attention_levels=(False, True, True), heads=(5, 10, 20),
+                   transformer_depth=(1, 2, 10), context_dim=2048, linear_proj=True,
+                   addition_time_embed_dim=256, pooled_text_dim=1280)
+
+    @classmethod
+    def tiny_sdxl(cls, **overrides) -> "UNetConfig":
+        """SDXL's structure at test size: no attention at level 0, transformer depth > 1, text_time."""
+        return replace(cls(block_channels=(32, 64, 64), attention_levels=(False, True, True), heads=(2, 2, 4),
+                           transformer_depth=(1, 2, 3), context_dim=48, linear_proj=True, norm_groups=8,
+                           addition_time_embed_dim=8, pooled_text_dim=16), **overrides)
+
+    @classmethod
     def tiny(cls, **overrides) -> "UNetConfig":
         """A few-MB SD1-shaped UNet for tests: same structure, small widths."""
         return replace(cls(block_channels=(32, 64), attention_levels=(True, False), heads=(2, 2),
                            layers_per_block=1, context_dim=32, norm_groups=8), **overrides)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a UNet call is conditioned on besides the timestep. SD1.x/2.x: the text context only
+    (a plain tensor works too); SDXL adds, to the timestep embedding, the pooled text embedding and
+    six "micro-conditioning" numbers: original size (h, w), crop top-left (y, x), target size (h, w)."""
+    context: Tensor                       # (B, 77, context_dim)
+    pooled: Optional[Tensor] = None       # (B, pooled_text_dim): SDXL's second text encoder, projected
+    time_ids: Optional[Tensor] = None     # (B, 6)
+
+    def to(self, *args, **kwargs) -> "Conditioning":
+        """Tensor.to on every tensor (device/dtype), as for a plain context."""
+        move = lambda t: None if t is None else t.to(*args, **kwargs)  # noqa: E731
+        return Conditioning(move(self.context), move(self.pooled), move(self.time_ids))
+
+    def at_size(self, width: int, height: int) -> "Conditioning":
+        """time_ids of an uncropped image of this size: original = target = (height, width), crop (0, 0),
+        as diffusers' SDXL pipeline and the reference (`[H, W, 0, 0, H, W]`) pass them."""
+        ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.context.device,
+                           dtype=self.context.dtype).expand(self.context.shape[0], -1)
+        return replace(self, time_ids=ids)
+
+
+Context = Union[Tensor, Conditioning]
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
@@ -140,9 +196,12 @@ class UNet(nn.Module):
         ch, groups, n = cfg.block_channels, cfg.norm_groups, cfg.layers_per_block
         temb = ch[0] * 4
         res = lambda cin, cout: ResBlock(cin, cout, groups, temb, eps=1e-5)  # noqa: E731
-        attn = lambda c, level: SpatialTransformer(c, cfg.context_dim, cfg.heads[level], cfg.linear_proj, groups)  # noqa: E731
+        attn = lambda c, level: SpatialTransformer(  # noqa: E731
+            c, cfg.context_dim, cfg.heads[level], cfg.linear_proj, groups, cfg.depth(level))
 
         self.time_embedding = TimestepEmbedding(ch[0], temb)
+        self.add_embedding = (TimestepEmbedding(cfg.pooled_text_dim + 6 * cfg.addition_time_embed_dim, temb)
+                              if cfg.addition_time_embed_dim else None)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
 
         skip_channels = [ch[0]]  # channels of every feature map the down path hands to the up path
@@ -169,7 +228,7 @@ class UNet(nn.Module):
 
         self.conv_norm_out = nn.GroupNorm(groups, ch[0], eps=1e-5)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
-        self.num_self_attention_layers = sum(len(b.attentions) for b in self._blocks())
+        self.num_self_attention_layers = sum(len(t.transformer_blocks) for b in self._blocks() for t in b.attentions)
 
     def _blocks(self) -> list[UNetBlock]:
         return [*self.down_blocks, self.mid_block, *self.up_blocks]
@@ -178,27 +237,54 @@ class UNet(nn.Module):
         """Give every cross-attention IP-Adapter's extra key/value projections."""
         for block in self._blocks():
             for t in block.attentions:
-                t.transformer_blocks[0].attn2.add_image_prompt_projections()
+                for transformer_block in t.transformer_blocks:
+                    transformer_block.attn2.add_image_prompt_projections()
 
-    def forward(self, x: Tensor, t, context: Tensor, *, kv: Optional[Sequence[Optional[KV]]] = None,
-                return_kv: bool = False, image_prompt: Optional[ImagePrompt] = None,
-                stop_after_up_block: Optional[int] = None):
+    def added_embedding(self, cond: Conditioning) -> Tensor:
+        """SDXL's text_time embedding: pooled text embedding and the six size numbers' sinusoids, through an MLP."""
+        if cond.pooled is None or cond.time_ids is None:
+            raise ValueError("this UNet (SDXL-style) is conditioned on the pooled text embedding and size time ids "
+                             "too: pass Conditioning(context, pooled, time_ids), e.g. from an SDXL text encoder "
+                             "with .at_size(width, height)")
+        sizes = timestep_embedding(cond.time_ids.flatten(), self.cfg.addition_time_embed_dim)
+        sizes = sizes.reshape(cond.time_ids.shape[0], -1)  # (B, 6 * addition_time_embed_dim)
+        return self.add_embedding(torch.cat([cond.pooled, sizes.to(cond.pooled.dtype)], dim=-1))
+
+    def forward(self, x: Tensor, t, context: Context, *, kv: Optional[Sequence[Optional[KV]]] = None,
+                image_prompt: Optional[ImagePrompt] = None) -> Tensor:
         """Predict the noise (or v) for latent `x` at timestep `t`.
 
         kv: per self-attention layer, (k, v) to use instead of the layer's own, or None.
-        return_kv: also return the (k, v) every self-attention layer used.
-        stop_after_up_block: return the feature map after that up block (DIFT features).
         """
+        return self._run(x, t, context, kv, image_prompt)[0]
+
+    def forward_recording_kv(self, x: Tensor, t, context: Context, *,
+                             image_prompt: Optional[ImagePrompt] = None) -> tuple[Tensor, list[KV]]:
+        """The prediction and the (k, v) every self-attention layer computed, in layer order."""
+        return self._run(x, t, context, None, image_prompt)
+
+    def features(self, x: Tensor, t, context: Context, up_block: int) -> Tensor:
+        """The feature map after up block `up_block` (DIFT's diffusion features); the rest is not run."""
+        return self._run(x, t, context, None, None, stop_after_up_block=up_block)[0]
+
+    def _run(self, x: Tensor, t, context: Context, kv: Optional[Sequence[Optional[KV]]],
+             image_prompt: Optional[ImagePrompt], stop_after_up_block: Optional[int] = None) -> tuple[Tensor, list[KV]]:
+        """The UNet body: (output, K/V of every self-attention layer visited)."""
         b = x.shape[0]
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
         temb = self.time_embedding(timestep_embedding(t, self.cfg.block_channels[0]).to(x.dtype))
+        cond = context if isinstance(context, Conditioning) else Conditioning(context)
+        if self.add_embedding is not None:
+            temb = temb + self.added_embedding(cond).to(x.dtype)
+        context = cond.context
         kv_in = list(kv) if kv is not None else [None] * self.num_self_attention_layers
         kv_out: list[KV] = []
 
         def attend(transformer: SpatialTransformer, h: Tensor) -> Tensor:
-            """The next self-attention layer in visiting order: its given K/V in, the ones it used recorded."""
-            h, layer_kv = transformer(h, context, kv_in[len(kv_out)], image_prompt)
-            kv_out.append(layer_kv)
+            """The next self-attention layers in visiting order: their given K/V in, the ones they used recorded."""
+            first = len(kv_out)
+            h, used = transformer(h, context, kv_in[first:first + len(transformer.transformer_blocks)], image_prompt)
+            kv_out.extend(used)
             return h
 
         def run(block: UNetBlock, h: Tensor, up: bool) -> Tensor:
@@ -227,6 +313,5 @@ class UNet(nn.Module):
         for i, block in enumerate(self.up_blocks):
             h = run(block, h, up=True)
             if i == stop_after_up_block:
-                return h
-        out = self.conv_out(F.silu(self.conv_norm_out(h)))
-        return (out, kv_out) if return_kv else out
+                return h, kv_out
+        return self.conv_out(F.silu(self.conv_norm_out(h))), kv_out

@@ -34,6 +34,11 @@ class VAEConfig:
         return cls()
 
     @classmethod
+    def sdxl(cls) -> "VAEConfig":
+        """SDXL's VAE: SD's architecture retrained, latents scaled by 0.13025 (its vae/config.json)."""
+        return cls(scaling_factor=0.13025)
+
+    @classmethod
     def tiny(cls, **overrides) -> "VAEConfig":
         """Same structure (three 2x downsamplings: latents at 1/8), small widths."""
         return replace(cls(block_channels=(8, 16, 16, 16), layers_per_block=1, norm_groups=4), **overrides)

@@ -1,7 +1,7 @@
 """Mutual self-attention (attention swap): record K/V during inversion, replay them while denoising.
 
 During inversion every UNet call reports the keys and values of its self-attention layers
-(`unet(..., return_kv=True)`); the store keeps them keyed by (inversion step, layer). The
+(`unet.forward_recording_kv(...)`); the store keeps them keyed by (inversion step, layer). The
 denoising UNet call of step j then uses, in every selected layer, the keys and values of
 the inversion step at the same noise level (sampling.matching_inversion_step), so the
 edited latent attends to the original image's features at its own noise level. This is

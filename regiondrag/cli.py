@@ -84,15 +84,15 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regions", required=True, type=_path,
                    help="region file: our JSON format (below), or a DragBench meta_data_region.pkl")
     p.add_argument("--out", required=True, type=_path, help="where to write the result (.png or .jpg)")
-    p.add_argument("--max-side", type=int, help=f"long side the model works at, 8 ... 4096 "
-                                                f"(default: {REFERENCE.max_side})")
+    p.add_argument("--max-side", type=int, help="long side the model works at, 8 ... 4096 (default: the backbone's: "
+                                                "SD1.5 512, SD2.1 768, SDXL 1024)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from weights.hub import DEFAULT_MODEL
 
     from .config import GRIDS, METHODS
-    from .pipeline import DTYPES
+    from .pipeline import DTYPES, WORKING_SIZES
 
     parser = _Parser(prog="python -m regiondrag", description=__doc__, epilog=REGION_FORMAT, formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -105,10 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mask", type=_path, help="editable-area mask PNG, the photo's size: alpha > 0 if it has alpha, "
                                               "else not black, may change (default: the whole photo)")
     e.add_argument("--weights", help=f"SD weights: diffusers folder, single-file checkpoint, or hub id "
-                                     f"(default: {DEFAULT_MODEL})")
+                                     f"(default: --model's hub id, SD1.5: {DEFAULT_MODEL})")
+    e.add_argument("--model", choices=WORKING_SIZES, default="sd15",
+                   help="backbone whose hub weights are the default; with --weights, the backbone is the weights' own")
+    e.add_argument("--vae", metavar="SRC",
+                   help="another VAE (folder, file or hub id), e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16 "
+                        "(default: the weights' own)")
     e.add_argument("--ip-adapter", help="IP-Adapter-Plus source (e.g. h94/IP-Adapter or a local folder); the "
                                         "reference uses it (default: none)")
-    e.add_argument("--ip-scale", type=float, help=f"image-prompt scale, with --ip-adapter (default: {REFERENCE.ip_scale})")
+    e.add_argument("--ip-scale", type=float, help="image-prompt scale, with --ip-adapter (default: the backbone's, SD1.5 0.5, SDXL 0.6)")
     e.add_argument("--ip-plain-tokens", action="store_true",
                    help="with --ip-adapter: its own 16 image tokens instead of the reference's 32 (zero image + photo)")
     e.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
@@ -139,13 +144,14 @@ CONFIG_FLAGS = ("steps", "start_t", "end_t", "noise_scale", "seed", "method", "i
                 "point_fraction", "max_side")
 
 
-def edit_config(args: argparse.Namespace) -> EditConfig:
-    """The EditConfig the flags describe; a setting out of range is a UsageError naming its flag."""
+def edit_config(args: argparse.Namespace, base: EditConfig = REFERENCE) -> EditConfig:
+    """The EditConfig the flags describe over `base` (the backbone's defaults); a setting out of range is a
+    UsageError naming its flag."""
     from .attention_swap import AttentionSwap
 
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name, None) is not None}
     try:
-        return REFERENCE.replace(**given, attention_swap=AttentionSwap(enabled=not getattr(args, "no_attention_swap",
+        return base.replace(**given, attention_swap=AttentionSwap(enabled=not getattr(args, "no_attention_swap",
                                                                                               False)))
     except ConfigError as e:
         raise UsageError(f"--{e.field.replace('_', '-')}: {e}") from None
@@ -229,14 +235,17 @@ def run_preview(args: argparse.Namespace) -> Path:
 
 
 def run_edit(args: argparse.Namespace) -> Path:
-    from .pipeline import DTYPES, RegionDragPipeline
+    from .pipeline import DTYPES, RegionDragPipeline, backbone_config
 
-    args.config = edit_config(args)
+    args.config = edit_config(args, backbone_config(args.model))
     _check_edit_flags(args, args.config)
     photo, regions, mapping, prompt, mask = _read_inputs(args, [args.out, args.preview_out])
-    pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=args.ip_adapter,
+    pipe = RegionDragPipeline.from_pretrained(args.weights, model=args.model, vae=args.vae, ip_adapter=args.ip_adapter,
                                               ip_reference_layout=not args.ip_plain_tokens, device=args.device,
                                               dtype=DTYPES.get(args.dtype))
+    if pipe.backbone != args.model:  # --weights of another backbone: its defaults, its working size
+        args.config = edit_config(args, pipe.config)
+        photo, regions, mapping, prompt, mask = _read_inputs(args, [args.out, args.preview_out])
     result = pipe.edit(photo, regions, args.prompt if args.prompt is not None else (prompt or ""), mask,
                        mapping=mapping, config=args.config, progress=not args.quiet)
     if args.preview_out is not None:

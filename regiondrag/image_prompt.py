@@ -25,9 +25,11 @@ from models.attention import ImagePrompt
 from models.image_encoder import ImageEncoder
 from models.resampler import Resampler, ResamplerConfig
 from models.unet import UNet
+from weights.backbones import backbone_of
 from weights.ip_adapter import IP_ADAPTER_REPO, ip_adapter_files, load_image_encoder, load_ip_adapter
 
 IP_SCALE = 0.5            # reference: region_utils/cycle_sde.py `load_model`, ip_adapter_scale for v1-5 / v2-1
+IP_SCALES = {"sd15": IP_SCALE, "sdxl": 0.6}  # per backbone (the reference's for xl: 0.6); SD2.x has no adapter
 REFERENCE_LAYOUT = True   # zero-image tokens then photo tokens: 2 x 16 = 32 image tokens per cross-attention
 
 
@@ -46,8 +48,9 @@ class ImagePrompter(nn.Module):
                         dtype: Optional[torch.dtype] = None, device=None) -> "ImagePrompter":
         """Load IP-Adapter-Plus into `unet` (its to_k_ip / to_v_ip) and a new Resampler, and the CLIP
         image encoder. src: an adapter file, an h94/IP-Adapter-like folder, or a hub id (fetched when
-        missing); see `weights.ip_adapter.ip_adapter_files`."""
-        adapter, encoder_folder = ip_adapter_files(src)
+        missing); in a folder or hub repo, the file of the UNet's backbone (SD1.5 or SDXL's Plus ViT-H
+        adapter); see `weights.ip_adapter.ip_adapter_files`."""
+        adapter, encoder_folder = ip_adapter_files(src, backbone_of(unet.cfg))
         resampler = load_ip_adapter(adapter, unet, cfg)
         return cls(load_image_encoder(encoder_folder), resampler, reference_layout).to(device=device, dtype=dtype)
 

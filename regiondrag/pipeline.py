@@ -2,7 +2,7 @@
 
     pipe = RegionDragPipeline.from_pretrained()            # SD1.5 (+ IP-Adapter-Plus if given)
     result = pipe.edit("photo.png", regions, prompt="")   # result.image is a PIL image
-    result = pipe.edit("photo.png", regions, config=REFERENCE.replace(start_t=0.7))  # an ablation
+    result = pipe.edit("photo.png", regions, config=pipe.config.replace(start_t=0.7))  # an ablation
 
 The method's settings are one `EditConfig` (regiondrag.config; REFERENCE is the reference
 implementation's evaluation settings); `edit(..., start_t=0.7)` is shorthand for that replace.
@@ -30,19 +30,28 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from models.attention import ImagePrompt
-from models.unet import UNet
+from models.unet import Conditioning, Context, UNet
 from models.vae import AutoencoderKL
+from weights.backbones import backbone_of
 from sampling import Grid, Trajectory, alpha_bar, ddim_step, invert, matching_inversion_step, scaled_linear_alphas_cumprod
 
 from .attention_swap import KVStore
 from .config import GRIDS, METHODS, NOISE_SCALE, REFERENCE, SEED, EditConfig  # noqa: F401 (re-exported)
 from .copy_paste import add_handle_noise, paste, paste_steps, region_border
-from .image_io import LATENT_STRIDE, ImageLike, load_image, to_pil, to_tensor, working_size
-from .image_prompt import ImagePrompter
+from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
+from .image_prompt import IP_SCALES, ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
 from .regions import Region, RegionError, check_edit_inputs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
+# Per backbone (weights.backbones): the long side the reference works at (region_utils/drag.py); a
+# pipeline's default EditConfig is REFERENCE at its backbone's size and IP scale (image_prompt.IP_SCALES)
+WORKING_SIZES = {"sd15": MAX_SIDE, "sd21": 768, "sdxl": 1024}
+
+
+def backbone_config(backbone: str) -> EditConfig:
+    """REFERENCE at the backbone's working size and image-prompt scale: a pipeline's default config."""
+    return REFERENCE.replace(max_side=WORKING_SIZES[backbone], ip_scale=IP_SCALES.get(backbone, 0.0))
 
 
 @dataclass
@@ -51,7 +60,7 @@ class Inversion:
     latents: list[Tensor]        # x at every inversion level, latents[0] the encoded photo
     noises: list[Tensor]         # cycle-SDE noises in inversion order (empty for DDIM)
     kv: KVStore                  # self-attention K/V of every inversion UNet call
-    context: Tensor              # (1, 77, C) prompt embedding
+    context: Context             # (1, 77, C) prompt embedding; SDXL: a Conditioning (+ pooled, size ids)
     image_prompt: Optional[ImagePrompt]
     generator_state: Tensor      # RNG state after inversion, so a re-edit draws what an edit draws
 
@@ -103,10 +112,14 @@ class PhaseClock:
 
 
 class RegionDragPipeline:
-    def __init__(self, unet: UNet, vae: AutoencoderKL, text_encoder: Callable[[str], Tensor],
+    def __init__(self, unet: UNet, vae: AutoencoderKL, text_encoder: Callable[[str], Context],
                  image_prompter: Optional[Callable[[Image.Image, float], ImagePrompt]] = None):
-        """image_prompter: (photo, scale) -> IP-Adapter image tokens, e.g. an ImagePrompter."""
+        """image_prompter: (photo, scale) -> IP-Adapter image tokens, e.g. an ImagePrompter.
+        The backbone (sd15 / sd21 / sdxl, from the UNet's structure) sets the default config's
+        working size and IP scale."""
         self.unet, self.vae, self.text_encoder, self.image_prompter = unet, vae, text_encoder, image_prompter
+        self.backbone = backbone_of(unet.cfg)
+        self.config = backbone_config(self.backbone)
         p = next(unet.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
@@ -114,23 +127,24 @@ class RegionDragPipeline:
         self._timesteps: dict[int, Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, src: Optional[str] = None, *, ip_adapter: Optional[str] = None,
-                        ip_reference_layout: bool = True,
+    def from_pretrained(cls, src: Optional[str] = None, *, model: str = "sd15", vae: Optional[str] = None,
+                        ip_adapter: Optional[str] = None, ip_reference_layout: bool = True,
                         device: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> "RegionDragPipeline":
-        """Load SD weights (a diffusers folder, a single-file checkpoint or a hub id), and
+        """Load SD weights (a diffusers folder, a single-file checkpoint or a hub id; default: the hub id
+        of backbone `model`), the VAE from `vae` if given (e.g. an fp16-safe SDXL VAE), and
         IP-Adapter-Plus from `ip_adapter` if given (32 image tokens as the reference passes them,
         or its own 16 with ip_reference_layout=False)."""
         import weights
 
         device, dtype = default_device_dtype(device, dtype)
-        src = src or weights.DEFAULT_MODEL
+        src = src or weights.HUB_IDS[model]
         unet = weights.load_unet(src, dtype=dtype, device=device)
-        vae = weights.load_vae(src, dtype=dtype, device=device)
-        text_encoder = weights.load_text_encoder(src, dtype=dtype, device=device)
         prompter = None
-        if ip_adapter:
+        if ip_adapter:  # before the rest: SD2.x has no adapter, which should not wait for the text encoder
             prompter = ImagePrompter.from_pretrained(unet, ip_adapter, reference_layout=ip_reference_layout,
                                                      dtype=dtype, device=device)
+        vae = weights.load_vae(vae or src, dtype=dtype, device=device)
+        text_encoder = weights.load_text_encoder(src, dtype=dtype, device=device)
         return cls(unet, vae, text_encoder, prompter)
 
     def cached_inversion(self) -> Optional[Inversion]:
@@ -148,6 +162,7 @@ class RegionDragPipeline:
         """
         options = dict(backend=backend, dynamic=False, **({"mode": mode} if backend == "inductor" else {}))
         self.unet.forward = torch.compile(self.unet.forward, fullgraph=True, **options)
+        self.unet.forward_recording_kv = torch.compile(self.unet.forward_recording_kv, fullgraph=True, **options)
         self.vae.encode_moments = torch.compile(self.vae.encode_moments, **options)
         self.vae.decode = torch.compile(self.vae.decode, **options)
 
@@ -162,7 +177,7 @@ class RegionDragPipeline:
     @torch.no_grad()
     def edit(self, image: ImageLike, regions: Optional[Sequence[Region]] = None, prompt: str = "",
              mask: Optional[np.ndarray] = None, *, mapping: Optional[Mapping] = None,
-             config: EditConfig = REFERENCE, return_intermediates: bool = False, progress: bool = True,
+             config: Optional[EditConfig] = None, return_intermediates: bool = False, progress: bool = True,
              **settings) -> EditResult:
         """Move the content of each handle region to its target region.
 
@@ -170,8 +185,10 @@ class RegionDragPipeline:
         mapping: instead of regions, latent (handle_xy, target_xy) pairs of the working size
             (e.g. DragBench-SR/DR's precomputed dense pairs, see regiondrag.dragbench).
         mask: optional editable mask (H, W), nonzero = may change; outside it the photo is kept.
+        config: default self.config (the reference's settings at this backbone's size and IP scale).
         settings: EditConfig fields overriding `config` (edit(..., start_t=0.7)).
         """
+        config = self.config if config is None else config
         config = config.replace(**settings) if settings else config
         clock, photo = PhaseClock(self.device), load_image(image)
         work = self._working_photo(photo, config.max_side)
@@ -272,9 +289,10 @@ class RegionDragPipeline:
         keep = np.asarray(mask) == 0
         return Image.fromarray(np.where(keep[..., None], np.asarray(photo), np.asarray(edited)))
 
-    def invert(self, work: Image.Image, prompt: str, config: EditConfig = REFERENCE, progress: bool = True,
+    def invert(self, work: Image.Image, prompt: str, config: Optional[EditConfig] = None, progress: bool = True,
                clock: Optional[PhaseClock] = None) -> Inversion:
         """Encode the (working-size) photo and invert it, recording K/V; cached by content and settings."""
+        config = self.config if config is None else config
         key = self.inversion_key(work, prompt, config)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
@@ -283,6 +301,8 @@ class RegionDragPipeline:
         generator = torch.Generator(self.device).manual_seed(config.seed)
         with clock("conditioning_s"):
             context = self.text_encoder(prompt).to(self.device, self.dtype)
+            if isinstance(context, Conditioning):  # SDXL: the size time ids are the working image's
+                context = context.at_size(*work.size)
             image_prompt = None
             if config.ip_scale and self.image_prompter is not None:
                 image_prompt = self.image_prompter(work, config.ip_scale)
@@ -291,7 +311,7 @@ class RegionDragPipeline:
         store = KVStore(self.unet.num_self_attention_layers)
 
         def record(x: Tensor, t: int, i: int) -> Tensor:
-            eps, kvs = self.unet(x, self._timestep(t), context, return_kv=True, image_prompt=image_prompt)
+            eps, kvs = self.unet.forward_recording_kv(x, self._timestep(t), context, image_prompt=image_prompt)
             store.record(i, kvs)
             return eps
 
@@ -311,7 +331,7 @@ class RegionDragPipeline:
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def _model(self, context: Tensor, image_prompt: Optional[ImagePrompt]):
+    def _model(self, context: Context, image_prompt: Optional[ImagePrompt]):
         return lambda x, t, i: self.unet(x, self._timestep(t), context, image_prompt=image_prompt)
 
     @staticmethod

@@ -3,6 +3,7 @@
     python scripts/benchmark.py --device cpu --size tiny
     python scripts/benchmark.py --device cuda --size sd15 --baseline diffusers --json bench.json
     python scripts/benchmark.py --device cuda --size sd15 --ip-adapter --compile
+    python scripts/benchmark.py --device cuda --size sdxl --ip-adapter --compile     # 1024 px
 
 Random weights unless --weights is given: speed does not depend on the weights' values.
 The edit is examples/astronaut.png with examples/astronaut.json. A full edit clears the
@@ -29,16 +30,17 @@ sys.path.insert(0, str(ROOT))
 
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig  # noqa: E402
 from models.attention import ImagePrompt  # noqa: E402
+from models.unet import Conditioning  # noqa: E402
 from regiondrag.image_io import load_image, working_size  # noqa: E402
 from regiondrag.mapping import latent_size_of  # noqa: E402
-from regiondrag.image_prompt import IP_SCALE  # noqa: E402
 from regiondrag.pipeline import DTYPES, RegionDragPipeline, default_device_dtype, synchronize  # noqa: E402
 from regiondrag.regions import regions_from_json  # noqa: E402
 from sampling import START_T, STEPS  # noqa: E402
 from weights.ip_adapter import IP_ADAPTER_REPO  # noqa: E402
 
 PHOTO, REGIONS = ROOT / "examples" / "astronaut.png", ROOT / "examples" / "astronaut.json"
-SIZES = {"tiny": (UNetConfig.tiny(), VAEConfig.tiny(), 128), "sd15": (UNetConfig.sd15(), VAEConfig.sd15(), 512)}
+SIZES = {"tiny": (UNetConfig.tiny(), VAEConfig.tiny(), 128), "sd15": (UNetConfig.sd15(), VAEConfig.sd15(), 512),
+         "sdxl": (UNetConfig.sdxl(), VAEConfig.sdxl(), 1024)}
 
 
 def timed(fn, device, runs: int, warmup: int = 1) -> tuple[list[float], object]:
@@ -68,6 +70,8 @@ def random_models(size: str, ip: bool, device, dtype):
     torch.manual_seed(0)
     unet, vae = UNet(ucfg), AutoencoderKL(vcfg)
     context = torch.randn(1, 77, ucfg.context_dim, device=device, dtype=dtype)
+    if ucfg.pooled_text_dim:  # SDXL: the pooled embedding too (the pipeline adds the size ids)
+        context = Conditioning(context, torch.randn(1, ucfg.pooled_text_dim, device=device, dtype=dtype))
     prompter = None
     if ip:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -76,10 +80,10 @@ def random_models(size: str, ip: bool, device, dtype):
         from models.resampler import Resampler, ResamplerConfig
         from regiondrag.image_prompt import ImagePrompter
 
-        if size == "sd15":  # CLIP ViT-H/14 as in h94/IP-Adapter models/image_encoder
+        if size in ("sd15", "sdxl"):  # CLIP ViT-H/14 as in h94/IP-Adapter models/image_encoder
             vision = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                                       num_attention_heads=16, patch_size=14, image_size=224, projection_dim=1024)
-            rcfg = ResamplerConfig.sd15()
+            rcfg = ResamplerConfig.sdxl() if size == "sdxl" else ResamplerConfig.sd15()
         else:
             vision = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=2, patch_size=14, image_size=28, projection_dim=16)
@@ -127,14 +131,14 @@ class DiffusersUNet(nn.Module):
         self._record.append(output)
         return output
 
-    def forward(self, x, t, context, *, kv=None, return_kv=False, image_prompt: ImagePrompt | None = None):
+    def forward(self, x, t, context, *, kv=None, image_prompt: ImagePrompt | None = None):
         self._record = []
         self._replay = [] if kv is None else [part for layer in kv for part in (layer or (None, None))]
-        out = self.inner(x, t, encoder_hidden_states=context).sample
-        if return_kv:
-            flat = self._record
-            return out, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-        return out
+        return self.inner(x, t, encoder_hidden_states=context).sample
+
+    def forward_recording_kv(self, x, t, context, *, image_prompt: ImagePrompt | None = None):
+        out, flat = self.forward(x, t, context), self._record
+        return out, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
 class DiffusersVAE(nn.Module):
@@ -168,7 +172,7 @@ class DiffusersVAE(nn.Module):
 
 def measure(name: str, pipe: RegionDragPipeline, args, photo, regions, max_side: int) -> dict:
     device = pipe.device
-    kwargs = dict(max_side=max_side, progress=False, ip_scale=IP_SCALE if pipe.image_prompter else 0.0)
+    kwargs = dict(max_side=max_side, progress=False, ip_scale=pipe.config.ip_scale if pipe.image_prompter else 0.0)
 
     def full():
         pipe.clear_cache()
@@ -184,6 +188,8 @@ def measure(name: str, pipe: RegionDragPipeline, args, photo, regions, max_side:
     w, h = latent_size_of(working_size(*photo.size, max_side))
     x = torch.randn(1, 4, h, w, device=device, dtype=pipe.dtype)
     ctx = pipe.text_encoder("").to(device, pipe.dtype)
+    if isinstance(ctx, Conditioning):
+        ctx = ctx.at_size(*working_size(*photo.size, max_side))
     t = torch.tensor(500, device=device)
     unet_call, _ = timed(lambda: pipe.unet(x, t, ctx), device, args.runs, warmup=args.warmup)
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
@@ -219,6 +225,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         p.error("--runs must be at least 1 (the numbers are medians of the runs) and --warmup at least 0")
+    if args.baseline and args.size == "sdxl":
+        p.error("the diffusers baseline is built for SD1.x-shaped UNets (tiny, sd15); drop --baseline for sdxl")
     if args.baseline and args.ip_adapter:
         p.error("the diffusers baseline runs without the image prompt: drop --ip-adapter to compare")
 

@@ -26,6 +26,23 @@ TINY_UNET = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBl
 TINY_VAE = dict(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4, norm_num_groups=4,
                 sample_size=32)
+# SD2.x's structure at tiny size: linear projections, heads per level (v-prediction is the scheduler's)
+TINY_SD2_UNET = dict(TINY_UNET, use_linear_projection=True, attention_head_dim=(2, 4),
+                     down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2)
+# SDXL's structure at tiny size (UNetConfig.tiny_sdxl()): no attention at level 0, transformer depth 2 and 3,
+# linear projections, the text_time added embedding (pooled 16 + 6 x 8)
+TINY_SDXL_UNET = dict(block_out_channels=(32, 64, 64), layers_per_block=2,
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                      transformer_layers_per_block=(1, 2, 3), attention_head_dim=(2, 2, 4), cross_attention_dim=48,
+                      use_linear_projection=True, norm_num_groups=8, addition_embed_type="text_time",
+                      addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8, sample_size=16)
+# SDXL base 1.0's unet/config.json (stabilityai/stable-diffusion-xl-base-1.0), diffusers' defaults otherwise
+SDXL_UNET = dict(block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, sample_size=128)
 # SD1.5's real shapes (diffusers' defaults otherwise), for the slow tests
 SD15_UNET = dict(cross_attention_dim=768)
 SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -37,6 +54,12 @@ MERGES = ["t h", "th e</w>"]
 TINY_CLIP = dict(vocab_size=len(TOKENS), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                  num_attention_heads=4, max_position_embeddings=77, bos_token_id=TOKENS.index("<|startoftext|>"),
                  eos_token_id=TOKENS.index("<|endoftext|>"), pad_token_id=TOKENS.index("<|endoftext|>"))
+# SDXL's second text encoder at tiny size: OpenCLIP-style (GELU, 64-wide heads), 3 layers, projected
+# pooled embedding; 32 + 16 = the tiny SDXL UNet's 48-wide context, projection 16 its pooled width
+TINY_CLIP_2 = dict(TINY_CLIP, hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=1,
+                   hidden_act="gelu", projection_dim=16)
+TINY_OPEN_CLIP = dict(TINY_CLIP, hidden_act="gelu")  # SD2.x's text model is OpenCLIP's: GELU, not quick-GELU
+TINY_SDXL_VAE = dict(TINY_VAE, scaling_factor=0.13025)  # SDXL's VAE config records its latent scale
 
 
 def randomize_norms(model: nn.Module) -> nn.Module:
@@ -63,10 +86,11 @@ def write_clip_tokenizer(folder: Path) -> Path:
 
 
 def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE, text_encoder: dict = TINY_CLIP,
-                          prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """A diffusers pipeline folder of random weights; pass None to leave a component out."""
+                          prediction_type: str = "epsilon", seed: int = 0, text_encoder_2: dict = None) -> Path:
+    """A diffusers pipeline folder of random weights; pass None to leave a component out (SDXL's
+    text_encoder_2/ and tokenizer_2/ are left out unless given)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     if unet is not None:
@@ -76,6 +100,10 @@ def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_V
     if text_encoder is not None:
         randomize_norms(CLIPTextModel(CLIPTextConfig(**text_encoder))).save_pretrained(root / "text_encoder")
         write_clip_tokenizer(root / "tokenizer")
+    if text_encoder_2 is not None:
+        model = CLIPTextModelWithProjection(CLIPTextConfig(**text_encoder_2))
+        randomize_norms(model).save_pretrained(root / "text_encoder_2")
+        write_clip_tokenizer(root / "tokenizer_2")
     # SD's noise schedule; prediction_type is where diffusers records SD2.1-768's v-prediction
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                   prediction_type=prediction_type).save_config(root / "scheduler")
@@ -85,6 +113,26 @@ def save_diffusers_folder(root: Path, unet: dict = TINY_UNET, vae: dict = TINY_V
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory) -> Path:
     return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_folder(tmp_path_factory) -> Path:
+    """A whole tiny SD2.1-768-style pipeline: linear-projection UNet predicting v, OpenCLIP-style text model."""
+    return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sd2"), unet=TINY_SD2_UNET, text_encoder=TINY_OPEN_CLIP,
+                                 prediction_type="v_prediction", seed=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory) -> Path:
+    """A whole tiny SDXL pipeline: UNet (UNetConfig.tiny_sdxl()), VAE, both text encoders and tokenizers."""
+    return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sdxl"), unet=TINY_SDXL_UNET, vae=TINY_SDXL_VAE,
+                                 text_encoder_2=TINY_CLIP_2, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_unet_folder(tmp_path_factory) -> Path:
+    return save_diffusers_folder(tmp_path_factory.mktemp("tiny_sdxl_unet"), unet=TINY_SDXL_UNET, vae=None,
+                                 text_encoder=None, seed=2)
 
 
 @pytest.fixture(scope="session")

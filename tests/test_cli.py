@@ -387,7 +387,7 @@ def test_help_describes_the_region_format_and_every_default():
                 assert "default" in (action.help or ""), (name, action.option_strings)
         flat = " ".join(text.split())  # help wraps lines
         assert "(default: 20)" in flat or name == "preview"
-        assert "(default: 512)" in flat
+        assert "SD1.5 512, SD2.1 768, SDXL 1024" in flat
 
 
 def test_version():

@@ -38,10 +38,10 @@ def test_unet_traces_as_one_graph(models, pattern):
     """Attention control is plain arguments: dynamo sees one graph, no breaks, for each K/V pattern."""
     unet, _, context = models
     x, t = torch.randn(1, 4, 8, 8), torch.tensor(500)
-    _, kvs = unet(x, t, context, return_kv=True)
-    kwargs = {"record": dict(return_kv=True), "replay_all": dict(kv=kvs),
-              "replay_some": dict(kv=[None] * 2 + kvs[2:])}[pattern]
-    explained = torch._dynamo.explain(unet.forward)(x, t, context, **kwargs)
+    _, kvs = unet.forward_recording_kv(x, t, context)
+    method, kwargs = {"record": (unet.forward_recording_kv, {}), "replay_all": (unet.forward, dict(kv=kvs)),
+                      "replay_some": (unet.forward, dict(kv=[None] * 2 + kvs[2:]))}[pattern]
+    explained = torch._dynamo.explain(method)(x, t, context, **kwargs)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 

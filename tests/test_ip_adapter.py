@@ -338,8 +338,9 @@ def test_pipeline_conditions_every_unet_call_on_the_photo_and_skips_it_at_scale_
     encodes, seen = [], []
     prompter.encoder.register_forward_hook(lambda *a: encodes.append(1))
     unet = copy.deepcopy(unet_ip)
-    forward = unet.forward
-    unet.forward = lambda *a, **kw: (seen.append(kw.get("image_prompt")), forward(*a, **kw))[1]
+    for name in ("forward", "forward_recording_kv"):  # the denoising calls, the recording (inversion) calls
+        method = getattr(unet, name)
+        setattr(unet, name, lambda *a, method=method, **kw: (seen.append(kw.get("image_prompt")), method(*a, **kw))[1])
     context = torch.randn(1, 77, 32)
     pipe = RegionDragPipeline(unet, AutoencoderKL(VAEConfig.tiny()).eval(), lambda p: context, prompter)
     mapping = (np.array([[1, 1]]), np.array([[3, 2]]))

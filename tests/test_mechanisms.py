@@ -75,8 +75,8 @@ def test_each_layer_attends_with_the_keys_and_values_it_is_given(unet, part):
     """Per layer, alone: replay another input's keys only (own values), then values only (own keys);
     the layer's output must be attention over exactly those tensors."""
     x, t, context = inputs(unet.cfg, seed=1)
-    _, own = unet(x, t, context, return_kv=True)
-    _, other = unet(*inputs(unet.cfg, seed=2), return_kv=True)
+    _, own = unet.forward_recording_kv(x, t, context)
+    _, other = unet.forward_recording_kv(*inputs(unet.cfg, seed=2))
     layers = unet.num_self_attention_layers
     for layer in range(layers):
         k = other[layer][0] if part == "keys" else own[layer][0]
@@ -98,7 +98,7 @@ def test_a_layer_reports_the_keys_and_values_of_its_own_input(unet):
     """What is recorded during inversion is to_k / to_v of the layer's input (not another layer's)."""
     x, t, context = inputs(unet.cfg, seed=3)
     with SelfAttentionTaps(unet) as taps:
-        _, kvs = unet(x, t, context, return_kv=True)
+        _, kvs = unet.forward_recording_kv(x, t, context)
     assert len(kvs) == len(taps.calls) == unet.num_self_attention_layers
     for layer, ((module, given_x, _), (k, v)) in enumerate(zip(taps.calls, kvs)):
         torch.testing.assert_close(k, given_x @ module.to_k.weight.T, msg=f"layer {layer} keys")
@@ -198,7 +198,7 @@ def test_replaying_another_inputs_kv_matches_diffusers_with_the_references_hooks
     """Replay input B's K/V while denoising input A: ours equals diffusers' UNet on the same weights
     with the reference's mechanism (forward hooks that replace to_k / to_v outputs)."""
     x, t, context = inputs(unet.cfg, seed=4)
-    _, kv_b = unet(*inputs(unet.cfg, seed=5), return_kv=True)
+    _, kv_b = unet.forward_recording_kv(*inputs(unet.cfg, seed=5))
     kv = kv_b if layers == "all" else [kv if i % 2 else None for i, kv in enumerate(kv_b)]
     ours = unet(x, t, context, kv=kv)
     reference = DiffusersUNet(unet)(x, t, context, kv=kv)

@@ -3,16 +3,14 @@ diffusers' own models loaded from the same folders: outputs, K/V replay, fp16.""
 import pytest
 import torch
 from benchmark import DiffusersUNet
-from conftest import TINY_UNET, save_diffusers_folder
+from conftest import TINY_SD2_UNET, save_diffusers_folder
 from diffusers import AutoencoderKL as RefVAE
 from diffusers import UNet2DConditionModel as RefUNet
 
 import weights
 from models import UNetConfig
+from models.unet import Conditioning
 
-# SD2.x's structure at tiny size: linear projections, heads per level, v-prediction
-TINY_SD2_UNET = dict(TINY_UNET, use_linear_projection=True, attention_head_dim=(2, 4),
-                     down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2)
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4) -> None:
@@ -22,9 +20,13 @@ def assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4) -> No
 
 
 def unet_inputs(cfg: UNetConfig, size: int = 16, seed: int = 0):
+    """x, t and the context; for an SDXL-style UNet a Conditioning with pooled embedding and size ids."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, cfg.in_channels, size, size, generator=g)
     context = torch.randn(2, 77, cfg.context_dim, generator=g)
+    if cfg.addition_time_embed_dim:
+        time_ids = torch.tensor([[1024.0, 768, 0, 0, 1024, 768], [512, 512, 16, 8, 640, 480]])
+        context = Conditioning(context, torch.randn(2, cfg.pooled_text_dim, generator=g), time_ids)
     return x, torch.tensor([10, 700]), context
 
 
@@ -76,9 +78,17 @@ def test_sd2_style_unet_matches_diffusers(sd2_folder):
     check_unet(sd2_folder)
 
 
-@pytest.fixture(scope="module")
-def tiny_unet(tiny_sd_folder):
-    return weights.load_unet(tiny_sd_folder)
+# SD1.5's structure (down 1, mid 1, up 2 self-attention layers) and SDXL's (transformers of depth 2 and 3:
+# down 2x2 + 2x3, mid 3, up 3x3 + 3x2)
+KV_UNETS = {"sd15": ("tiny_sd_folder", 4), "sdxl": ("tiny_sdxl_unet_folder", 28)}
+
+
+@pytest.fixture(scope="module", params=list(KV_UNETS))
+def tiny_unet(request):
+    folder, layers = KV_UNETS[request.param]
+    unet = weights.load_unet(request.getfixturevalue(folder))
+    assert unet.num_self_attention_layers == layers
+    return unet
 
 
 @torch.no_grad()
@@ -86,8 +96,21 @@ def test_kv_from_another_input_changes_the_output(tiny_unet):
     x, t, context = unet_inputs(tiny_unet.cfg)
     other, _, _ = unet_inputs(tiny_unet.cfg, seed=1)
     out = tiny_unet(x, t, context)
-    _, other_kvs = tiny_unet(other, t, context, return_kv=True)
+    _, other_kvs = tiny_unet.forward_recording_kv(other, t, context)
     assert (tiny_unet(x, t, context, kv=other_kvs) - out).abs().max() > 1e-2 * out.abs().max()
+
+
+@torch.no_grad()
+def test_every_self_attention_layer_uses_its_replayed_kv(tiny_unet):
+    """Layer by layer: another input's K/V in that one slot (own K/V elsewhere) changes the output, so
+    every layer index reaches its own self-attention layer (none is skipped or read twice)."""
+    x, t, context = unet_inputs(tiny_unet.cfg, size=8)
+    other, _, _ = unet_inputs(tiny_unet.cfg, size=8, seed=1)
+    out, kvs = tiny_unet.forward_recording_kv(x, t, context)
+    _, other_kvs = tiny_unet.forward_recording_kv(other, t, context)
+    for i in range(len(kvs)):
+        mixed = kvs[:i] + [other_kvs[i]] + kvs[i + 1:]
+        assert not torch.allclose(tiny_unet(x, t, context, kv=mixed), out, atol=1e-6, rtol=0), f"layer {i}"
 
 
 @torch.no_grad()
@@ -122,7 +145,7 @@ def test_sd15_shapes_vae_matches_diffusers(sd15_folder):
 def test_sd15_has_16_self_attention_layers_and_replays(sd15_folder):
     unet = weights.load_unet(sd15_folder)
     x, t, context = unet_inputs(unet.cfg, size=16)
-    _, kvs = unet(x, t, context, return_kv=True)
+    _, kvs = unet.forward_recording_kv(x, t, context)
     assert len(kvs) == 16
     other = unet_inputs(unet.cfg, size=16, seed=1)[0]  # replay x's K/V while predicting for another latent
     torch.testing.assert_close(unet(other, t, context, kv=kvs), DiffusersUNet(unet)(other, t, context, kv=kvs),

@@ -67,27 +67,35 @@ SHIFT = (HANDLE, HANDLE + [4, 0])  # a 3x3 latent block moved 4 cells right (no 
 
 
 class UNetRecorder:
-    """Replaces unet.forward for the duration of a `with`: calls the real forward and keeps,
-    per call, the latent input (a copy), timestep, the kv argument as given, return_kv, the
-    reported K/V and the prediction."""
+    """Replaces unet.forward and unet.forward_recording_kv for the duration of a `with`: calls the
+    real ones and keeps, per call, the latent input (a copy), timestep, the kv argument as given,
+    whether K/V were recorded (return_kv), the reported K/V and the prediction."""
 
     def __init__(self, unet: UNet):
         self.unet, self.calls = unet, []
 
     def __enter__(self) -> "UNetRecorder":
-        self.real = self.unet.forward
-        self.unet.forward = self
+        real, recording = self.unet.forward, self.unet.forward_recording_kv
+
+        def forward(x, t, context, *, kv=None, **kwargs):
+            pred = real(x, t, context, kv=kv, **kwargs)
+            self._keep(x, t, kv, False, None, pred)
+            return pred
+
+        def forward_recording_kv(x, t, context, **kwargs):
+            pred, kv_out = recording(x, t, context, **kwargs)
+            self._keep(x, t, None, True, kv_out, pred)
+            return pred, kv_out
+
+        self.unet.forward, self.unet.forward_recording_kv = forward, forward_recording_kv
         return self
 
     def __exit__(self, *exc) -> None:
-        del self.unet.forward  # back to the class's forward
+        del self.unet.forward, self.unet.forward_recording_kv  # back to the class's methods
 
-    def __call__(self, x, t, context, *, kv=None, return_kv=False, **kwargs):
-        out = self.real(x, t, context, kv=kv, return_kv=return_kv, **kwargs)
-        pred, kv_out = out if return_kv else (out, None)
+    def _keep(self, x, t, kv, return_kv, kv_out, pred) -> None:
         self.calls.append(SimpleNamespace(x=x.clone(), t=int(t), kv=kv, return_kv=return_kv, kv_out=kv_out,
                                           pred=pred.clone()))
-        return out
 
     @property
     def recording(self) -> list:

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY_CLIP, TINY_UNET, TINY_VAE, save_diffusers_folder
+from conftest import TINY_CLIP, TINY_CLIP_2, TINY_UNET, TINY_VAE, save_diffusers_folder
 from diffusers import AutoencoderKL as RefVAE
 from diffusers import UNet2DConditionModel as RefUNet
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
@@ -34,6 +34,7 @@ def original_unet_prefixes(config: dict) -> list[tuple[str, str, bool]]:
     attn = [t.startswith("CrossAttn") for t in config["down_block_types"]]
     k = n + 1
     pairs = [("time_embedding.linear_1.", "time_embed.0.", False), ("time_embedding.linear_2.", "time_embed.2.", False),
+             ("add_embedding.linear_1.", "label_emb.0.0.", False), ("add_embedding.linear_2.", "label_emb.0.2.", False),
              ("conv_in.", "input_blocks.0.0.", False), ("conv_norm_out.", "out.0.", False),
              ("conv_out.", "out.2.", False), ("mid_block.attentions.0.", "middle_block.1.", False),
              ("mid_block.resnets.0.", "middle_block.0.", True), ("mid_block.resnets.1.", "middle_block.2.", True)]
@@ -379,10 +380,11 @@ def test_pickled_objects_are_refused(tmp_path):
         weights.load_unet(path)
 
 
-def test_sd2_open_clip_text_model_is_explained(tmp_path):
+def test_file_matching_no_backbone_is_a_clear_error(tmp_path):
+    """A text model alone (no UNet to tell the backbone by) is no SD1.x/2.x/XL checkpoint."""
     path = tmp_path / "sd2.safetensors"
     save_file({"cond_stage_model.model.positional_embedding": torch.zeros(77, 8)}, path)
-    with pytest.raises(WeightsError, match="OpenCLIP text model, which only loads from a diffusers folder"):
+    with pytest.raises(WeightsError, match="matches none of the backbones SD1.x, SD2.x, SDXL"):
         weights.load_text_encoder(path)
 
 
@@ -427,3 +429,13 @@ def test_text_encoder_penultimate_layer(tiny_sd_folder):
     encoder = weights.load_text_encoder(tiny_sd_folder, skip_last_layers=1)
     assert torch.allclose(encoder(PROMPTS), expected, atol=1e-6)
     assert not torch.allclose(encoder(PROMPTS), reference_embedding(tiny_sd_folder, PROMPTS), atol=1e-3)
+
+
+def test_vae_only_hub_repo_and_sdxl_hub_id_resolve(tiny_sdxl_folder, offline_cache, tmp_path):
+    """A repo holding a VAE alone (madebyollin/sdxl-vae-fp16-fix's layout: config.json and weights at the
+    root) loads as a VAE; the SDXL hub id fetches and loads both text encoders."""
+    fake_hub_snapshot(offline_cache, "someone/sdxl-vae-fp16-fix", tiny_sdxl_folder / "vae")
+    assert weights.load_vae("someone/sdxl-vae-fp16-fix").scaling_factor == 0.13025
+    fake_hub_snapshot(offline_cache, weights.HUB_IDS["sdxl"], tiny_sdxl_folder)
+    encoder = weights.load_text_encoder(weights.HUB_IDS["sdxl"])
+    assert encoder.width == TINY_CLIP["hidden_size"] + TINY_CLIP_2["hidden_size"]

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 from huggingface_hub import snapshot_download
 
 from .errors import WeightsError, WeightsNotFoundError
-from .hub import COMPONENTS, DEFAULT_MODEL, _offline, cache_dir, download
-from .ip_adapter import HUB_FILES, IP_ADAPTER_REPO, fetch_ip_adapter
+from .hub import COMPONENTS, DEFAULT_MODEL, _offline, cache_dir, download, model_components
+from .ip_adapter import IP_ADAPTER_FILES, IP_ADAPTER_REPO, fetch_ip_adapter
 
 DRAGBENCH_REPO = "LuJingyi/DragBench"  # the benchmark as published today (also a Google Drive zip)
 DRAGBENCH_DIR = "drag_data"  # where the reference's scripts expect it
@@ -90,20 +90,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("model_id", nargs="?", help=f"hub model id of SD weights (default {DEFAULT_MODEL}, "
                                                     f"unless only --ip-adapter or --dragbench is given)")
     parser.add_argument("--variant", help='weights variant, e.g. "fp16" (half the download)')
-    parser.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS))
+    parser.add_argument("--components", nargs="+", choices=COMPONENTS,
+                        help="default: all an edit needs (SDXL ids: text_encoder_2 and tokenizer_2 too)")
     parser.add_argument("--ip-adapter", metavar="REPO",
                         help=f"also fetch IP-Adapter-Plus from REPO, laid out like {IP_ADAPTER_REPO} (~2.5 GB)")
+    parser.add_argument("--ip-backbone", choices=IP_ADAPTER_FILES, default="sd15",
+                        help="which backbone's IP-Adapter-Plus to fetch (default %(default)s)")
     parser.add_argument("--dragbench", metavar="DIR", nargs="?", const=Path(DRAGBENCH_DIR), type=Path,
                         help=f"fetch DragBench-SR/DR ({DRAGBENCH_REPO}) into DIR (default {DRAGBENCH_DIR})")
     args = parser.parse_args(argv)
     model_id = args.model_id or (None if args.ip_adapter or args.dragbench else DEFAULT_MODEL)
     try:
         if model_id:
-            print(f"fetching {model_id} ({', '.join(args.components)}) into {cache_dir()}")
-            print(download(model_id, args.components, args.variant))
+            components = args.components or model_components(model_id)
+            print(f"fetching {model_id} ({', '.join(components)}) into {cache_dir()}")
+            print(download(model_id, components, args.variant))
         if args.ip_adapter:
-            print(f"fetching {args.ip_adapter} ({', '.join(HUB_FILES)}) into {cache_dir()}")
-            print(fetch_ip_adapter(args.ip_adapter))
+            print(f"fetching {args.ip_adapter} ({IP_ADAPTER_FILES[args.ip_backbone]} and the image encoder) "
+                  f"into {cache_dir()}")
+            print(fetch_ip_adapter(args.ip_adapter, args.ip_backbone))
         if args.dragbench:
             print(f"fetching DragBench ({DRAGBENCH_REPO}) into {args.dragbench}")
             report_dragbench(fetch_dragbench(args.dragbench))

@@ -58,6 +58,19 @@ def read_state_dict(path: PathLike, prefix: str = "") -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, Tensor) and k.startswith(prefix)}
 
 
+def tensor_names(path: PathLike) -> list[str]:
+    """The tensor names of a checkpoint file; safetensors reads only its header, a torch.save zip file
+    is memory-mapped (tensors are paged in only when used)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            with safe_open(path, framework="pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"cannot read {path}: the file looks truncated or corrupt ({e}); download it again") from e
+    return list(read_state_dict(path))
+
+
 def _few(keys: Iterable[str]) -> str:
     keys = sorted(map(str, keys))
     return ", ".join(keys[:SHOWN]) + (f", ... ({len(keys) - SHOWN} more)" if len(keys) > SHOWN else "")

@@ -20,6 +20,9 @@ from .errors import WeightsNotFoundError
 from .files import WEIGHT_SUFFIXES, PathLike
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD1.5, the reference's base model
+SD21_MODEL = "stabilityai/stable-diffusion-2-1"            # SD2.1 (768-v), the reference's v2-1
+SDXL_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"     # SDXL base, the reference's xl
+SDXL_MODELS = {SDXL_MODEL}  # hub ids whose text encoders include text_encoder_2/
 ALIASES = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}  # the original repo, since taken down
 FETCH_COMMAND = "python -m weights.fetch"
 LOCAL_WEIGHTS = "`--weights PATH` (a diffusers folder or a .safetensors/.ckpt file)"
@@ -28,13 +31,30 @@ LOCAL_WEIGHTS = "`--weights PATH` (a diffusers folder or a .safetensors/.ckpt fi
 COMPONENT_FILES = {
     "unet": ("unet/config.json", "unet/diffusion_pytorch_model{v}.safetensors"),
     "vae": ("vae/config.json", "vae/diffusion_pytorch_model{v}.safetensors"),
+    "vae_alone": ("config.json", "diffusion_pytorch_model{v}.safetensors"),  # a repo holding a VAE only
     "text_encoder": ("text_encoder/config.json", "text_encoder/model{v}.safetensors"),
     "tokenizer": ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
                   "tokenizer/special_tokens_map.json"),
+    "text_encoder_2": ("text_encoder_2/config.json", "text_encoder_2/model{v}.safetensors"),  # SDXL: OpenCLIP bigG
+    "tokenizer_2": ("tokenizer_2/vocab.json", "tokenizer_2/merges.txt", "tokenizer_2/tokenizer_config.json",
+                    "tokenizer_2/special_tokens_map.json"),
     "scheduler": ("scheduler/scheduler_config.json",),  # carries prediction_type (SD2.1-768: v)
 }
 COMPONENTS = tuple(COMPONENT_FILES)
 MODEL_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def text_components(src: PathLike) -> tuple[str, ...]:
+    """The components a text encoder needs: SDXL's second encoder too for a folder that has one or a
+    known SDXL hub id (other SDXL repos: fetch with --components, then pass the snapshot folder)."""
+    path = Path(src).expanduser()
+    xl = (path / "text_encoder_2").is_dir() if path.exists() else ALIASES.get(str(src), str(src)) in SDXL_MODELS
+    return ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if xl else ("text_encoder", "tokenizer")
+
+
+def model_components(src: PathLike) -> tuple[str, ...]:
+    """Every component an edit needs from `src`."""
+    return ("unet", "vae", "scheduler", *text_components(src))
 
 
 def cache_dir() -> Path:
@@ -95,12 +115,14 @@ def fetch_files(model_id: str, files: Sequence[str], *, fetch_option: str = "", 
     return folder
 
 
-def download(model_id: str, components: Sequence[str] = COMPONENTS, variant: Optional[str] = None) -> Path:
-    """Fetch what `components` need of `model_id` into the cache (no-op when cached); its folder."""
+def download(model_id: str, components: Optional[Sequence[str]] = None, variant: Optional[str] = None) -> Path:
+    """Fetch what `components` (default: all an edit needs) of `model_id` need into the cache (no-op
+    when cached); its folder."""
+    components = model_components(model_id) if components is None else components
     return fetch_files(ALIASES.get(model_id, model_id), needed_files(components, variant))
 
 
-def resolve(src: PathLike, components: Sequence[str] = COMPONENTS, variant: Optional[str] = None) -> Path:
+def resolve(src: PathLike, components: Optional[Sequence[str]] = None, variant: Optional[str] = None) -> Path:
     """A local file or folder as is; a hub model id (or alias) as its cached snapshot folder."""
     path = Path(src).expanduser()
     if path.exists():

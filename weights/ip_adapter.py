@@ -34,33 +34,41 @@ from .hub import MODEL_ID, fetch_files
 
 IP_ADAPTER_REPO = "h94/IP-Adapter"
 # The reference loads `models/ip-adapter-plus_sd15.bin` (region_utils/cycle_sde.py); the repo holds
-# the same weights as .safetensors too, which loads without unpickling.
-IP_ADAPTER_FILE = "models/ip-adapter-plus_sd15.safetensors"
+# the same weights as .safetensors too, which loads without unpickling. For SDXL the Plus adapter
+# that takes CLIP ViT-H patch features (the reference loads the plain `ip-adapter_sdxl.bin`, whose
+# projection expects a pooled embedding, and feeds it patch features). SD2.x has none.
+IP_ADAPTER_FILES = {"sd15": "models/ip-adapter-plus_sd15.safetensors",
+                    "sdxl": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"}
+IP_ADAPTER_FILE = IP_ADAPTER_FILES["sd15"]
 IMAGE_ENCODER_FOLDER = "image_encoder"  # beside the adapter file: diffusers' `load_ip_adapter` default
-HUB_FILES = (IP_ADAPTER_FILE, f"models/{IMAGE_ENCODER_FOLDER}/config.json",
-             f"models/{IMAGE_ENCODER_FOLDER}/model.safetensors")  # CLIP ViT-H/14, 2.5 GB
+# both adapters take CLIP ViT-H/14 (2.5 GB), which lives in models/ (sdxl_models/image_encoder is ViT-bigG)
+ENCODER_FOLDER = f"models/{IMAGE_ENCODER_FOLDER}"
 
 
-def ip_adapter_files(src: PathLike = IP_ADAPTER_REPO) -> tuple[Path, Path]:
-    """(adapter file, image-encoder folder) of `src`: an adapter file (the encoder folder is its
-    sibling `image_encoder/`), a folder laid out like h94/IP-Adapter, or a hub id laid out so: its
+def ip_adapter_files(src: PathLike = IP_ADAPTER_REPO, backbone: str = "sd15") -> tuple[Path, Path]:
+    """(adapter file, image-encoder folder) of `src` for `backbone`: an adapter file (the encoder folder
+    is its sibling `image_encoder/`), a folder laid out like h94/IP-Adapter, or a hub id laid out so: its
     snapshot in the weights cache, fetched when missing unless the hub is offline."""
+    if backbone not in IP_ADAPTER_FILES:
+        raise WeightsError(f"there is no IP-Adapter-Plus for {backbone} ({IP_ADAPTER_REPO} has adapters for "
+                           f"{' and '.join(IP_ADAPTER_FILES)} only): drop the IP-Adapter (CLI: --ip-adapter)")
+    name = IP_ADAPTER_FILES[backbone]
     path = Path(src).expanduser()
     if not path.exists() and MODEL_ID.fullmatch(str(src)):
-        path = fetch_ip_adapter(str(src))
-    adapter = path / IP_ADAPTER_FILE if path.is_dir() else path
-    folder = adapter.parent / IMAGE_ENCODER_FOLDER
+        path = fetch_ip_adapter(str(src), backbone)
+    adapter, folder = (path / name, path / ENCODER_FOLDER) if path.is_dir() else (path, path.parent / IMAGE_ENCODER_FOLDER)
     missing = [str(p) for p in (adapter, folder / "config.json") if not p.exists()]
     if missing:
-        raise WeightsNotFoundError(f"IP-Adapter files not found: {', '.join(missing)}; get {IP_ADAPTER_FILE} and "
-                                   f"models/{IMAGE_ENCODER_FOLDER}/ from {IP_ADAPTER_REPO}, or pass that hub id")
+        raise WeightsNotFoundError(f"IP-Adapter files not found: {', '.join(missing)}; get {name} and "
+                                   f"{ENCODER_FOLDER}/ from {IP_ADAPTER_REPO}, or pass that hub id")
     return adapter, folder
 
 
-def fetch_ip_adapter(repo: str = IP_ADAPTER_REPO) -> Path:
-    """The snapshot of `repo` (laid out like h94/IP-Adapter) holding HUB_FILES, from the weights
-    cache or fetched into it (see hub.fetch_files)."""
-    return fetch_files(repo, HUB_FILES, fetch_option="--ip-adapter",
+def fetch_ip_adapter(repo: str = IP_ADAPTER_REPO, backbone: str = "sd15") -> Path:
+    """The snapshot of `repo` (laid out like h94/IP-Adapter) holding the backbone's adapter and the image
+    encoder, from the weights cache or fetched into it (see hub.fetch_files)."""
+    files = (IP_ADAPTER_FILES[backbone], f"{ENCODER_FOLDER}/config.json", f"{ENCODER_FOLDER}/model.safetensors")
+    return fetch_files(repo, files, fetch_option="--ip-adapter",
                        local="`--ip-adapter PATH` (an adapter file, or a folder laid out like h94/IP-Adapter)")
 
 

@@ -14,26 +14,27 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from models.text_encoder import TextEncoder
+from models.text_encoder import SDXLTextEncoder, TextEncoder
 from models.unet import UNet, UNetConfig
 from models.vae import AutoencoderKL, VAEConfig
 
 from . import diffusers_layout, original_layout
 from .errors import WeightsNotFoundError
 from .files import Checkpoint, PathLike, check_state_dict, raise_on_mismatch
-from .hub import DEFAULT_MODEL, resolve
+from .backbones import HUB_IDS
+from .hub import DEFAULT_MODEL, MODEL_ID, resolve, text_components
 
 Device = Union[str, torch.device]
 READERS = {  # component -> (diffusers-folder reader, single-file reader)
     "unet": (diffusers_layout.read_unet, original_layout.read_unet),
     "vae": (diffusers_layout.read_vae, original_layout.read_vae),
-    "text_encoder": (diffusers_layout.read_text_encoder, original_layout.read_text_encoder),
+    "text_encoder": (diffusers_layout.read_text_encoders, original_layout.read_text_encoders),  # lists of them
 }
 
 
@@ -88,34 +89,62 @@ def load_unet(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
     return _build(UNet, config or ckpt.config, ckpt, dtype, device)
 
 
+def _vae_path(src: PathLike, variant: Optional[str]) -> Path:
+    """A pipeline's vae/, or a hub repo holding a VAE alone (config.json and weights at its root)."""
+    try:
+        return resolve(src, ("vae",), variant)
+    except WeightsNotFoundError as first:
+        if not MODEL_ID.fullmatch(str(src)):
+            raise
+        try:
+            return resolve(src, ("vae_alone",), variant)
+        except WeightsNotFoundError:
+            raise first from None
+
+
 def load_vae(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
              config: Optional[VAEConfig] = None, variant: Optional[str] = None) -> AutoencoderKL:
-    ckpt = _read(resolve(src, ("vae",), variant), "vae", variant, config)
+    ckpt = _read(_vae_path(src, variant), "vae", variant, config)
     return _build(AutoencoderKL, config or ckpt.config, ckpt, dtype, device)
 
 
-def _tokenizer(src: PathLike) -> CLIPTokenizer:
-    """From a diffusers folder (its tokenizer/), a tokenizer folder, or a hub model id."""
-    root = resolve(src, ("tokenizer",))
-    folder = root / "tokenizer" if (root / "tokenizer").is_dir() else root
+def _tokenizer(src: PathLike, component: str = "tokenizer") -> CLIPTokenizer:
+    """From a diffusers folder (its tokenizer/ or tokenizer_2/), a tokenizer folder, or a hub model id."""
+    root = resolve(src, (component,))
+    folder = root / component if (root / component).is_dir() else root
     if not (folder / "vocab.json").is_file():
         raise WeightsNotFoundError(f"no CLIP tokenizer (vocab.json, merges.txt) in {folder}")
     return CLIPTokenizer.from_pretrained(folder)
 
 
-def load_text_encoder(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
-                      config: Optional[CLIPTextConfig] = None, tokenizer: Optional[PathLike] = None,
-                      skip_last_layers: int = 0, variant: Optional[str] = None) -> TextEncoder:
-    """transformers' CLIPTextModel and CLIPTokenizer, wrapped. A single file carries no tokenizer:
-    it comes from `tokenizer` (a folder or hub id), by default SD1.5's (the same CLIP ViT-L one)."""
-    path = resolve(src, ("text_encoder", "tokenizer"), variant)
-    ckpt = _read(path, "text_encoder", variant, config)
-    cfg = config or ckpt.config
-    # transformers' own loader: it knows how its key layout changed across versions (text_model.*)
-    model, info = CLIPTextModel.from_pretrained(None, config=cfg, state_dict=ckpt.state_dict,
-                                                ignore_mismatched_sizes=True, output_loading_info=True)
+def _clip_text_model(ckpt: Checkpoint, cfg: CLIPTextConfig, dtype: torch.dtype, device: Device,
+                     cls: type = CLIPTextModel) -> nn.Module:
+    """transformers' own loader: it knows how its key layout changed across versions (text_model.*)."""
+    model, info = cls.from_pretrained(None, config=cfg, state_dict=ckpt.state_dict, ignore_mismatched_sizes=True,
+                                      output_loading_info=True)
     matched = len(model.state_dict()) - len(info["missing_keys"])
-    raise_on_mismatch(ckpt.path, "a checkpoint of CLIPTextModel", info["missing_keys"], info["unexpected_keys"],
+    raise_on_mismatch(ckpt.path, f"a checkpoint of {cls.__name__}", info["missing_keys"], info["unexpected_keys"],
                       info["mismatched_keys"], _likely_cause(cfg, ckpt.config, matched))
-    tok = _tokenizer(tokenizer if tokenizer is not None else path if path.is_dir() else DEFAULT_MODEL)
-    return TextEncoder(model.to(device=device, dtype=dtype).eval(), tok, skip_last_layers)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_text_encoder(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: Device = "cpu", *,
+                      config: Union[None, CLIPTextConfig, Sequence[CLIPTextConfig]] = None,
+                      tokenizer: Optional[PathLike] = None, skip_last_layers: int = 0,
+                      variant: Optional[str] = None) -> Union[TextEncoder, SDXLTextEncoder]:
+    """transformers' CLIPTextModel and CLIPTokenizer, wrapped; for SDXL (a folder with text_encoder_2/, a
+    single file with conditioner.embedders.*) both encoders, an SDXLTextEncoder (config: one per encoder).
+    A single file carries no tokenizer: it comes from `tokenizer` (a folder or hub id), by default its
+    backbone's hub model's."""
+    path = resolve(src, text_components(src), variant)
+    ckpts = _read(path, "text_encoder", variant, config)
+    configs = list(config) if isinstance(config, (list, tuple)) else [config] * len(ckpts)
+    if path.is_dir():
+        tokenizer_src = path if tokenizer is None else tokenizer
+    else:
+        tokenizer_src = tokenizer or HUB_IDS[original_layout.backbone_of_file(path)]
+    encoders = [TextEncoder(_clip_text_model(ckpt, cfg or ckpt.config, dtype, device, cls),
+                            _tokenizer(tokenizer_src, component), skip_last_layers)
+                for ckpt, cfg, cls, component in zip(ckpts, configs, (CLIPTextModel, CLIPTextModelWithProjection),
+                                                     ("tokenizer", "tokenizer_2"))]
+    return encoders[0] if len(encoders) == 1 else SDXLTextEncoder(*encoders)

@@ -91,8 +91,7 @@ class DIFT(nn.Module):
         device = generator.device if generator is not None else latent.device
         noise = torch.randn(latent.shape, generator=generator, device=device).to(latent)
         noisy = math.sqrt(self.alpha_bar) * latent + math.sqrt(1 - self.alpha_bar) * noise
-        features = self.unet(noisy, self.timestep, context.expand(self.ensemble, -1, -1),
-                             stop_after_up_block=self.up_block)
+        features = self.unet.features(noisy, self.timestep, context.expand(self.ensemble, -1, -1), self.up_block)
         return features.mean(dim=0, keepdim=True)
 
 
