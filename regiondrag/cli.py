@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("preview", help="draw the regions and their dense mapping over the photo (no model)")
     _add_inputs(v)
+
+    u = sub.add_parser("ui", help="the browser editor: draw regions, see the preview, drag (needs regiondrag[ui])")
+    u.add_argument("--weights", default=None, help="SD weights, as for edit (a local folder works offline)")
+    u.add_argument("--ip-adapter", default=None, help="IP-Adapter-Plus source, as for edit")
+    u.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    u.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp16 on GPU, fp32 on CPU")
+    u.add_argument("--host", default="127.0.0.1", help="address to serve on (default %(default)s: this machine only)")
+    u.add_argument("--port", type=int, default=7860)
+    u.add_argument("--max-side", type=int, default=MAX_SIDE, help="long side the model works at (default %(default)s)")
     return parser
 
 
@@ -119,11 +128,30 @@ def run_edit(args: argparse.Namespace) -> Path:
     return save_image_atomic(result.image, args.out)
 
 
+def run_ui(args: argparse.Namespace) -> None:
+    """Load the models once, then serve the page until interrupted."""
+    try:
+        from . import ui
+    except ImportError as e:
+        raise UsageError(f"the browser editor needs gradio ({e}); install it with pip install -e '.[ui]'") from None
+    from .pipeline import RegionDragPipeline
+
+    pipe = RegionDragPipeline.from_pretrained(args.weights, ip_adapter=args.ip_adapter, device=args.device,
+                                              dtype=DTYPES.get(args.dtype))
+    try:
+        ui.launch(pipe, args.host, args.port, args.max_side)
+    except OSError as e:
+        raise UsageError(f"cannot serve on {args.host}:{args.port} ({e}); choose another --port") from None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     import weights
 
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "ui":
+            run_ui(args)  # serves until interrupted
+            return 0
         out = run_edit(args) if args.command == "edit" else run_preview(args)
     except (RegionError, DatasetError, ImageError, UsageError, weights.WeightsError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
