@@ -56,6 +56,15 @@ class Session:
     """One browser tab's edit: the photo (as edited, maybe resized on upload) and its pairs."""
     photo: Optional[Image.Image] = None
     pairs: list = field(default_factory=list)
+    max_side: int = MAX_SIDE  # the long side the model works at
+
+    @property
+    def latent(self) -> tuple[int, int]:
+        """The latent grid the edit maps on (the working size's)."""
+        return latent_size_of(working_size(*self.photo.size, self.max_side))
+
+    def with_pairs(self, pairs: list) -> "Session":
+        return dataclasses.replace(self, pairs=pairs)
 
 
 def shows_errors(fn):
@@ -90,7 +99,7 @@ def load_photo(path: Optional[str], max_side: int) -> tuple[Session, str]:
     work = working_size(*photo.size, max_side)
     if work != photo.size:
         note += f" The model works at {work[0]}x{work[1]}; the result is scaled back to {photo.width}x{photo.height}."
-    return Session(photo), note
+    return Session(photo, [], max_side), note
 
 
 def _need_photo(session: Session) -> Image.Image:
@@ -132,10 +141,10 @@ def editor_mask(value, photo: Image.Image, what: str) -> np.ndarray:
     return mask
 
 
-def _checked(pair: Region, photo: Image.Image) -> Region:
+def _checked(pair: Region, session: Session) -> Region:
     try:
-        pair.validate(photo.size)
-        dense_mapping([pair], photo.size)  # a pair smaller than a latent cell moves nothing: say so now
+        pair.validate(session.photo.size)
+        dense_mapping([pair], session.photo.size, session.latent)  # a pair that moves no latent cell: say so now
     except RegionError as e:
         raise UIError(f"{KIND_TABS[pair.kind].lower()}: {e}") from None
     return pair
@@ -147,34 +156,37 @@ def _need_points(points: np.ndarray, what: str, how: str) -> np.ndarray:
     return points
 
 
-def mask_pair(photo: Image.Image, handle_value, target_value) -> MaskPair:
+def mask_pair(session: Session, handle_value, target_value) -> MaskPair:
+    photo = _need_photo(session)
     handle = editor_mask(handle_value, photo, "handle")
     target = editor_mask(target_value, photo, "target")
     if target.any() and not handle.any():
         raise UIError("a target is painted but no handle: paint the handle region (red) too")
-    return _checked(MaskPair(handle, target), photo)
+    return _checked(MaskPair(handle, target), session)
 
 
-def polygon_pair(photo: Image.Image, sides: str, handle_text: str, target_text: str) -> PolygonPair:
+def polygon_pair(session: Session, sides: str, handle_text: str, target_text: str) -> PolygonPair:
+    _need_photo(session)
     k = POLYGON_SIDES[sides]
     handle = _need_points(parse_points(handle_text, "handle vertices"), "handle vertices",
                           f"click the handle polygon's {k} vertices on the preview")
     target = _need_points(parse_points(target_text, "target vertices"), "target vertices",
                           f"after the handle's, click the target polygon's {k} vertices in the same order")
-    return _checked(PolygonPair(handle, target), photo)
+    return _checked(PolygonPair(handle, target), session)
 
 
-def region_points_pair(photo: Image.Image, region_value, handle_text: str, target_text: str) -> RegionPoints:
-    region = editor_mask(region_value, photo, "region")
+def region_points_pair(session: Session, region_value, handle_text: str, target_text: str) -> RegionPoints:
+    region = editor_mask(region_value, _need_photo(session), "region")
     if not region.any():
         raise UIError("no region painted: paint the region to move on the canvas of this tab")
     handle, target = _point_lists(handle_text, target_text)
-    return _checked(RegionPoints(region, handle, target), photo)
+    return _checked(RegionPoints(region, handle, target), session)
 
 
-def point_pairs(photo: Image.Image, handle_text: str, target_text: str, radius: float, shape: str) -> PointPairs:
+def point_pairs(session: Session, handle_text: str, target_text: str, radius: float, shape: str) -> PointPairs:
+    _need_photo(session)
     handle, target = _point_lists(handle_text, target_text)
-    return _checked(PointPairs(handle, target, float(radius), shape), photo)
+    return _checked(PointPairs(handle, target, float(radius), shape), session)
 
 
 def _point_lists(handle_text: str, target_text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -187,37 +199,37 @@ def _point_lists(handle_text: str, target_text: str) -> tuple[np.ndarray, np.nda
 
 def _added(session: Session, pair: Region) -> tuple[Session, str]:
     pairs = session.pairs + [pair]
-    return Session(session.photo, pairs), f"Added pair {len(pairs)} ({KIND_TABS[pair.kind].lower()})."
+    return session.with_pairs(pairs), f"Added pair {len(pairs)} ({KIND_TABS[pair.kind].lower()})."
 
 
 @shows_errors
 def add_masks(session: Session, handle_value, target_value) -> tuple[Session, str]:
-    return _added(session, mask_pair(_need_photo(session), handle_value, target_value))
+    return _added(session, mask_pair(session, handle_value, target_value))
 
 
 @shows_errors
 def add_polygons(session: Session, sides: str, handle_text: str, target_text: str):
-    return *_added(session, polygon_pair(_need_photo(session), sides, handle_text, target_text)), "", ""
+    return *_added(session, polygon_pair(session, sides, handle_text, target_text)), "", ""
 
 
 @shows_errors
 def add_region_points(session: Session, region_value, handle_text: str, target_text: str):
-    return *_added(session, region_points_pair(_need_photo(session), region_value, handle_text, target_text)), "", ""
+    return *_added(session, region_points_pair(session, region_value, handle_text, target_text)), "", ""
 
 
 @shows_errors
 def add_points(session: Session, handle_text: str, target_text: str, radius: float, shape: str):
-    return *_added(session, point_pairs(_need_photo(session), handle_text, target_text, radius, shape)), "", ""
+    return *_added(session, point_pairs(session, handle_text, target_text, radius, shape)), "", ""
 
 
 def undo_pair(session: Session) -> tuple[Session, str]:
     if not session.pairs:
         return session, "No pair to undo."
-    return Session(session.photo, session.pairs[:-1]), f"Removed pair {len(session.pairs)}."
+    return session.with_pairs(session.pairs[:-1]), f"Removed pair {len(session.pairs)}."
 
 
 def clear_pairs(session: Session) -> tuple[Session, str, str, str]:
-    return Session(session.photo), "Cleared all pairs.", "", ""
+    return session.with_pairs([]), "Cleared all pairs.", "", ""
 
 
 # -- clicks on the preview ----------------------------------------------------------------------
@@ -253,32 +265,30 @@ def undo_click(kind: str, handle_text: str, target_text: str):
 
 # -- live feedback: regions, dense mapping and the copy-paste preview, without the model --------------
 
-def pending_pair(photo: Image.Image, kind: str, sides: str, handle_text: str, target_text: str,
+def pending_pair(session: Session, kind: str, sides: str, handle_text: str, target_text: str,
                  radius: float, shape: str) -> Optional[Region]:
     """The polygon or point pair being clicked, once complete and valid, drawn before it is added."""
     try:
         if kind == "polygons":
-            return polygon_pair(photo, sides, handle_text, target_text)
+            return polygon_pair(session, sides, handle_text, target_text)
         if kind == "points":
-            return point_pairs(photo, handle_text, target_text, radius, shape)
+            return point_pairs(session, handle_text, target_text, radius, shape)
     except (UIError, RegionError):
         pass
     return None
 
 
-def render(session: Session, kind: str, sides: str, handle_text: str, target_text: str, radius: float,
-           shape: str, max_side: int = MAX_SIDE):
+def render(session: Session, kind: str, sides: str, handle_text: str, target_text: str, radius: float, shape: str):
     """(preview, copy-paste preview, summary) for the session's pairs plus the one being clicked."""
     photo = session.photo
     if photo is None:
         return None, None, "Upload a photo to start."
-    pending = pending_pair(photo, kind, sides, handle_text, target_text, radius, shape)
+    pending = pending_pair(session, kind, sides, handle_text, target_text, radius, shape)
     regions = session.pairs + ([pending] if pending is not None else [])
-    work = working_size(*photo.size, max_side)
     if not regions:
         drawing, copy_pasted, summary = photo.copy(), None, "No pairs yet: draw one in a tab and press Add pair."
     else:
-        latent = latent_size_of(work)  # the grid the edit maps on
+        latent, work = session.latent, working_size(*photo.size, session.max_side)
         mapping = dense_mapping(regions, photo.size, latent)
         drawing = draw_preview(photo, regions, mapping, latent)
         copy_pasted = RegionDragPipeline.preview(photo.resize(work, Image.BICUBIC), regions, photo.size, mapping)
@@ -364,7 +374,7 @@ def import_regions(session: Session, files: Optional[list]) -> tuple[Session, st
     if len(found) != 1:
         raise UIError(f"found {len(found)} .json region files in the import; give exactly one")
     pairs = regions_from_json(found[0], photo.size)
-    return Session(photo, pairs), f"Imported {len(pairs)} pair(s) from {found[0].name}."
+    return session.with_pairs(pairs), f"Imported {len(pairs)} pair(s) from {found[0].name}."
 
 
 # -- drag: the model ------------------------------------------------------------------------------
@@ -420,7 +430,7 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
             raise UIError("no pairs to drag: draw a handle and a target, press Add pair, then Drag")
         mask = editor_mask(mask_value, photo, "editable area")
         settings = edit_settings(steps, start_t, noise_scale, seed, method, ip_scale, paste_schedule,
-                                 attention_swap, max_side)
+                                 attention_swap, session.max_side)
         cached, clock = pipe.cached_inversion(), time.perf_counter()
         result = run_edit(pipe, photo, session.pairs, prompt or "", mask if mask.any() else None, settings)
         seconds = time.perf_counter() - clock
@@ -505,11 +515,8 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
         view_inputs = [session, kind, sides, handle_text, target_text, radius, shape]
         view_outputs = [preview, copy_pasted, summary]
 
-        def view(session, kind, sides, handle_text, target_text, radius, shape):
-            return render(session, kind, sides, handle_text, target_text, radius, shape, max_side)
-
         def refreshing(event):
-            return event.success(view, view_inputs, view_outputs, api_visibility="private")
+            return event.success(render, view_inputs, view_outputs, api_visibility="private")
 
         refreshing(photo_file.upload(load, photo_file, [session, status, handle_text, target_text, handle_editor,
                                                         target_editor, region_editor, mask_editor],
@@ -536,8 +543,8 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
         undo_click_button.click(undo_click, [kind, handle_text, target_text], [handle_text, target_text],
                                 api_visibility="private")
         for control in (handle_text, target_text, sides, radius, shape):
-            control.change(view, view_inputs, view_outputs, api_visibility="private", trigger_mode="always_last")
-        app.load(view, view_inputs, view_outputs, api_name="render")  # also the API's way to read the preview
+            control.change(render, view_inputs, view_outputs, api_visibility="private", trigger_mode="always_last")
+        app.load(render, view_inputs, view_outputs, api_name="preview")  # also the API's way to read the preview
         export_button.click(export_regions, session, export_file, api_name="export")
         refreshing(import_files.upload(import_regions, [session, import_files], [session, status],
                                        api_name="import"))
