@@ -43,6 +43,10 @@ EDIT_MAX_SIDE = 2 * MAX_SIDE
 POLYGON_SIDES = {"Triangle (3 vertices, affine)": 3, "Quadrilateral (4 vertices, perspective)": 4}
 KIND_TABS = {"masks": "Brush masks", "polygons": "Polygons", "region_points": "Region + points",
              "points": "Point pairs"}
+# Clicks accumulate in a per-tab gr.State (read on the server when each click is processed, one at a
+# time), mirrored to the two text boxes: reading the boxes' values as the browser sent them would lose
+# a click made before the previous one's answer arrived.
+NO_CLICKS = ("", "")
 REGIONS_JSON = "regions.json"
 PHOTO_PNG = "photo.png"
 
@@ -209,17 +213,17 @@ def add_masks(session: Session, handle_value, target_value) -> tuple[Session, st
 
 @shows_errors
 def add_polygons(session: Session, sides: str, handle_text: str, target_text: str):
-    return *_added(session, polygon_pair(session, sides, handle_text, target_text)), "", ""
+    return *_added(session, polygon_pair(session, sides, handle_text, target_text)), *NO_CLICKS, NO_CLICKS
 
 
 @shows_errors
 def add_region_points(session: Session, region_value, handle_text: str, target_text: str):
-    return *_added(session, region_points_pair(session, region_value, handle_text, target_text)), "", ""
+    return *_added(session, region_points_pair(session, region_value, handle_text, target_text)), *NO_CLICKS, NO_CLICKS
 
 
 @shows_errors
 def add_points(session: Session, handle_text: str, target_text: str, radius: float, shape: str):
-    return *_added(session, point_pairs(session, handle_text, target_text, radius, shape)), "", ""
+    return *_added(session, point_pairs(session, handle_text, target_text, radius, shape)), *NO_CLICKS, NO_CLICKS
 
 
 def undo_pair(session: Session) -> tuple[Session, str]:
@@ -229,14 +233,14 @@ def undo_pair(session: Session) -> tuple[Session, str]:
 
 
 def clear_pairs(session: Session) -> tuple[Session, str, str, str]:
-    return session.with_pairs([]), "Cleared all pairs.", "", ""
+    return session.with_pairs([]), "Cleared all pairs.", *NO_CLICKS, NO_CLICKS
 
 
 # -- clicks on the preview ----------------------------------------------------------------------
 
-def click(kind: str, sides: str, handle_text: str, target_text: str, evt: gr.SelectData):
+def click(kind: str, sides: str, clicks: tuple[str, str], evt: gr.SelectData):
     """The next polygon vertex (the handle's K, then the target's K), or the next handle / target point."""
-    handle, target = parse_points(handle_text, "handle"), parse_points(target_text, "target")
+    handle, target = parse_points(clicks[0], "handle"), parse_points(clicks[1], "target")
     point = np.array([evt.index], np.float64)
     if kind == "polygons":
         k = POLYGON_SIDES[sides]
@@ -250,17 +254,23 @@ def click(kind: str, sides: str, handle_text: str, target_text: str, evt: gr.Sel
         target = np.vstack([target, point])
     else:
         handle = np.vstack([handle, point])
-    return format_points(handle), format_points(target)
+    return _clicked(handle, target)
 
 
-def undo_click(kind: str, handle_text: str, target_text: str):
+def undo_click(kind: str, clicks: tuple[str, str]):
     """Drop the last clicked point (polygons: the target's vertices come after all the handle's)."""
-    handle, target = parse_points(handle_text, "handle"), parse_points(target_text, "target")
+    handle, target = parse_points(clicks[0], "handle"), parse_points(clicks[1], "target")
     if kind == "polygons" and len(target) or kind != "polygons" and 0 < len(target) >= len(handle):
         target = target[:-1]
     else:
         handle = handle[:-1]
-    return format_points(handle), format_points(target)
+    return _clicked(handle, target)
+
+
+def _clicked(handle: np.ndarray, target: np.ndarray):
+    """(clicks state, handle box, target box)."""
+    texts = format_points(handle), format_points(target)
+    return texts, *texts
 
 
 # -- live feedback: regions, dense mapping and the copy-paste preview, without the model --------------
@@ -420,7 +430,7 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
     def load(path):
         session, note = load_photo(path, max_side)
         blank = editor_value(session.photo)
-        return session, note, "", "", blank, blank, blank, blank
+        return session, note, *NO_CLICKS, NO_CLICKS, blank, blank, blank, blank
 
     @shows_errors
     def drag(session: Session, mask_value, prompt, steps, start_t, noise_scale, seed, method, ip_scale,
@@ -439,18 +449,20 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
 
     cpu = pipe.device.type == "cpu"
     with gr.Blocks(title="RegionDrag", analytics_enabled=False) as app:
-        session, kind = gr.State(Session()), gr.State("masks")
+        session, kind, clicks = gr.State(Session()), gr.State("masks"), gr.State(NO_CLICKS)
         gr.Markdown("## RegionDrag: drag regions of a photo\n" + HELP)
         gr.Markdown(f"Model on **{pipe.device.type}** ({str(pipe.dtype).replace('torch.', '')}), working size "
                     f"{max_side} px." + (" On CPU a Drag is slow (minutes at 512 px); the preview is instant."
                                          if cpu else ""))
         with gr.Row():
-            photo_file = gr.File(label="Photo (PNG, JPEG, ...)", file_types=["image"], elem_id="photo")
+            photo_file = gr.File(label="Photo (PNG, JPEG, ...)", file_types=["image"], elem_id="photo", height=140)
             import_files = gr.File(label="Import regions: a region .json with its mask PNGs, or an exported .zip",
-                                   file_count="multiple", file_types=[".json", ".png", ".zip"], elem_id="import")
+                                   file_count="multiple", file_types=[".json", ".png", ".zip"], elem_id="import",
+                                   height=140)
             with gr.Column():
                 export_button = gr.Button("Export regions (.zip: regions.json, masks, photo)", elem_id="export")
-                export_file = gr.File(label="Exported regions", interactive=False)
+                export_file = gr.File(label="Exported regions", interactive=False, height=80)
+        status = gr.Markdown(elem_id="status")
         with gr.Row():
             with gr.Column():
                 with gr.Tabs():
@@ -506,7 +518,7 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
                 ip_scale = gr.Slider(0.0, 1.0, IP_SCALE, step=0.05, label="Image-prompt scale" + (
                     "" if pipe.image_prompter is not None else " (no effect: started without --ip-adapter)"))
         drag_button = gr.Button("Drag", variant="primary", elem_id="drag")
-        status = gr.Markdown(elem_id="status")
+        drag_time = gr.Markdown(elem_id="drag-time")
         with gr.Row():
             input_image = gr.Image(label="Input", type="pil", format="png", interactive=False)
             result_image = gr.Image(label="Result (download: PNG)", type="pil", format="png", interactive=False,
@@ -516,9 +528,9 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
         view_outputs = [preview, copy_pasted, summary]
 
         def refreshing(event):
-            return event.success(render, view_inputs, view_outputs, api_visibility="private")
+            return event.success(render, view_inputs, view_outputs, api_visibility="private", show_progress="hidden")
 
-        refreshing(photo_file.upload(load, photo_file, [session, status, handle_text, target_text, handle_editor,
+        refreshing(photo_file.upload(load, photo_file, [session, status, handle_text, target_text, clicks, handle_editor,
                                                         target_editor, region_editor, mask_editor],
                                      api_name="load_photo"))
         for tab, name in ((tab_masks, "masks"), (tab_polygons, "polygons"), (tab_region_points, "region_points"),
@@ -528,28 +540,32 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
                                           api_name="add_masks")).success(
             lambda s: (editor_value(s.photo),) * 2, session, [handle_editor, target_editor], api_visibility="private")
         refreshing(add_polygons_button.click(add_polygons, [session, sides, handle_text, target_text],
-                                             [session, status, handle_text, target_text], api_name="add_polygons"))
+                                             [session, status, handle_text, target_text, clicks], api_name="add_polygons"))
         refreshing(add_region_points_button.click(
             add_region_points, [session, region_editor, handle_text, target_text],
-            [session, status, handle_text, target_text], api_name="add_region_points")).success(
+            [session, status, handle_text, target_text, clicks], api_name="add_region_points")).success(
             lambda s: editor_value(s.photo), session, region_editor, api_visibility="private")
         refreshing(add_points_button.click(add_points, [session, handle_text, target_text, radius, shape],
-                                           [session, status, handle_text, target_text], api_name="add_points"))
+                                           [session, status, handle_text, target_text, clicks], api_name="add_points"))
         refreshing(undo_pair_button.click(undo_pair, session, [session, status], api_name="undo_pair"))
-        refreshing(clear_button.click(clear_pairs, session, [session, status, handle_text, target_text],
+        refreshing(clear_button.click(clear_pairs, session, [session, status, handle_text, target_text, clicks],
                                       api_name="clear"))
-        preview.select(click, [kind, sides, handle_text, target_text], [handle_text, target_text],
-                       api_visibility="private")
-        undo_click_button.click(undo_click, [kind, handle_text, target_text], [handle_text, target_text],
-                                api_visibility="private")
+        preview.select(click, [kind, sides, clicks], [clicks, handle_text, target_text], api_visibility="private",
+                       trigger_mode="multiple", concurrency_limit=1, concurrency_id="clicks", show_progress="hidden")
+        undo_click_button.click(undo_click, [kind, clicks], [clicks, handle_text, target_text],
+                                api_visibility="private", concurrency_id="clicks", show_progress="hidden")
+        for box in (handle_text, target_text):  # typed coordinates
+            box.input(lambda h, t: (h, t), [handle_text, target_text], clicks, api_visibility="private",
+                      concurrency_id="clicks", show_progress="hidden")
         for control in (handle_text, target_text, sides, radius, shape):
-            control.change(render, view_inputs, view_outputs, api_visibility="private", trigger_mode="always_last")
+            control.change(render, view_inputs, view_outputs, api_visibility="private", trigger_mode="always_last",
+                           show_progress="hidden")
         app.load(render, view_inputs, view_outputs, api_name="preview")  # also the API's way to read the preview
         export_button.click(export_regions, session, export_file, api_name="export")
         refreshing(import_files.upload(import_regions, [session, import_files], [session, status],
                                        api_name="import"))
         drag_button.click(drag, [session, mask_editor, prompt, steps, start_t, noise_scale, seed, method, ip_scale,
-                                 paste_schedule, attention_swap], [input_image, result_image, status],
+                                 paste_schedule, attention_swap], [input_image, result_image, drag_time],
                           api_name="drag", concurrency_limit=1, concurrency_id="model")
     return app
 
@@ -557,7 +573,7 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
 def _editor(label: str, colour: str, elem_id: str) -> gr.ImageEditor:
     """A paint canvas over the photo: one brush colour, an eraser, no crop/resize (pixels must stay put)."""
     return gr.ImageEditor(label=label, type="numpy", image_mode="RGBA", format="png", sources=(), transforms=(),
-                          layers=False, brush=gr.Brush(colors=[colour], color_mode="fixed"), elem_id=elem_id)
+                          layers=False, height=420, brush=gr.Brush(colors=[colour], color_mode="fixed"), elem_id=elem_id)
 
 
 # Gradio's default fonts come from a CDN; the page must work offline.
