@@ -455,21 +455,20 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
                     f"{max_side} px." + (" On CPU a Drag is slow (minutes at 512 px); the preview is instant."
                                          if cpu else ""))
         with gr.Row():
-            photo_file = gr.File(label="Photo (PNG, JPEG, ...)", file_types=["image"], elem_id="photo", height=140)
+            photo_file = gr.File(label="Photo (PNG, JPEG, ...)", file_types=["image"], elem_id="photo", height=120)
             import_files = gr.File(label="Import regions: a region .json with its mask PNGs, or an exported .zip",
                                    file_count="multiple", file_types=[".json", ".png", ".zip"], elem_id="import",
-                                   height=140)
+                                   height=120)
             with gr.Column():
                 export_button = gr.Button("Export regions (.zip: regions.json, masks, photo)", elem_id="export")
-                export_file = gr.File(label="Exported regions", interactive=False, height=80)
+                export_file = gr.File(label="Exported regions", interactive=False, height=120)
         status = gr.Markdown(elem_id="status")
         with gr.Row():
             with gr.Column():
                 with gr.Tabs():
                     with gr.Tab(KIND_TABS["masks"], elem_id="tab-masks") as tab_masks:
-                        with gr.Row():
-                            handle_editor = _editor("Handle: paint what moves", "#eb2d2d", "handle-editor")
-                            target_editor = _editor("Target: paint where it goes", "#286eff", "target-editor")
+                        handle_editor = _editor("Handle: paint what moves", "#eb2d2d", "handle-editor")
+                        target_editor = _editor("Target: paint where it goes", "#286eff", "target-editor")
                         add_masks_button = gr.Button("Add pair", variant="primary", elem_id="add-masks")
                     with gr.Tab(KIND_TABS["polygons"], elem_id="tab-polygons") as tab_polygons:
                         sides = gr.Radio(list(POLYGON_SIDES), value=next(iter(POLYGON_SIDES)), label="Polygons")
@@ -573,7 +572,7 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
 def _editor(label: str, colour: str, elem_id: str) -> gr.ImageEditor:
     """A paint canvas over the photo: one brush colour, an eraser, no crop/resize (pixels must stay put)."""
     return gr.ImageEditor(label=label, type="numpy", image_mode="RGBA", format="png", sources=(), transforms=(),
-                          layers=False, height=420, brush=gr.Brush(colors=[colour], color_mode="fixed"), elem_id=elem_id)
+                          layers=False, height=360, brush=gr.Brush(colors=[colour], color_mode="fixed"), elem_id=elem_id)
 
 
 # Gradio's default fonts come from a CDN; the page must work offline.
