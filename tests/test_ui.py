@@ -101,9 +101,9 @@ def drag(client, mask=NO_MASK, settings=SETTINGS) -> tuple[Image.Image, str]:
     return image, message
 
 
-def library_edit(server, regions, mask=None) -> np.ndarray:
-    """What the library makes of these regions with the page's default settings."""
-    prompt, steps, start_t, noise, seed, method, ip_scale, schedule, swap = SETTINGS
+def library_edit(server, regions, mask=None, settings=SETTINGS) -> np.ndarray:
+    """What the library makes of these regions with the page's settings."""
+    prompt, steps, start_t, noise, seed, method, ip_scale, schedule, swap = settings
     return np.asarray(server.edit(Image.open(CHELSEA), regions, prompt, mask, steps=steps, start_t=start_t,
                                   noise_scale=noise, seed=seed, method=method, ip_scale=ip_scale,
                                   paste_schedule=schedule, attention_swap=AttentionSwap(enabled=swap),
@@ -152,6 +152,15 @@ def test_drag_each_kind(server, client, tmp_path, kinds):
     result, message = drag(client)
     assert result.format == "PNG" and result.size == (451, 300) and message.startswith("Dragged in"), message
     assert np.array_equal(np.asarray(result), library_edit(server, regions))
+
+
+def test_every_setting_reaches_the_edit(server, client, tmp_path):
+    load(client)
+    regions = [add(client, "polygons", tmp_path), add(client, "points", tmp_path)]
+    settings = ("the cat", 8, 0.75, 0.5, 7, "cp_then_encode", 0.3, "single_step", False)
+    result, _ = drag(client, settings=settings)
+    assert np.array_equal(np.asarray(result), library_edit(server, regions, settings=settings))
+    assert not np.array_equal(np.asarray(result), library_edit(server, regions))
 
 
 def test_editable_mask_keeps_the_photo_outside(server, client, tmp_path):
@@ -236,6 +245,23 @@ def test_preview_marks_clicks_and_draws_pairs(client):
     cp = np.asarray(Image.open(copy_pasted))
     work = np.asarray(Image.open(CHELSEA).resize((128, 80), Image.BICUBIC))
     assert cp.shape == work.shape and not np.array_equal(cp, work)
+
+
+def test_clicks_fill_polygons_then_alternate_points():
+    def clicks(kind, points, sides=TRIANGLE):
+        state = ui.NO_CLICKS
+        for x, y in points:
+            state = ui.click(kind, sides, state, SimpleNamespace(index=[x, y]))[0]
+        return state
+
+    six = [(i, 10 * i) for i in range(1, 7)]
+    assert clicks("polygons", six) == ("1,10; 2,20; 3,30", "4,40; 5,50; 6,60")
+    assert clicks("polygons", six + [(7, 70), (8, 80)], QUAD) == ("1,10; 2,20; 3,30; 4,40", "5,50; 6,60; 7,70; 8,80")
+    assert clicks("points", six[:3]) == ("1,10; 3,30", "2,20")
+    assert ui.undo_click("points", clicks("points", six[:3]))[0] == ("1,10", "2,20")
+    assert ui.undo_click("points", ("1,10", "2,20"))[0] == ("1,10", "")
+    assert ui.undo_click("polygons", clicks("polygons", six[:4]))[0] == ("1,10; 2,20; 3,30", "")
+    assert ui.undo_click("polygons", ("1,10; 2,20", ""))[0] == ("1,10", "")
 
 
 # -- bad input gets the documented one-line message --------------------------------------------------
