@@ -4,8 +4,8 @@ A thin Gradio layer over the library: regions are the dataclasses of `regiondrag
 (validated by them), the feedback is `draw_preview` over `dense_mapping` and the pipeline's
 copy-pasted pixel preview, and "Drag" is one `RegionDragPipeline.edit` call (in `run_edit`).
 
-Per browser tab, a `Session` (gr.State) holds the photo and the pairs added so far; points and
-polygon vertices being clicked live in two text boxes (typed coordinates work too). The
+Per browser tab, a `Session` (gr.State) holds the photo and the pairs added so far, and another
+state the points / polygon vertices being clicked, shown in two text boxes (typing works too). The
 model is shared by all tabs, one edit at a time (the Drag event's queue has one worker).
 """
 from __future__ import annotations
@@ -31,11 +31,11 @@ from PIL import Image
 from .copy_paste import PASTE_SCHEDULES
 from .image_io import MAX_SIDE, ImageError, load_image, save_image_atomic, working_size
 from .mapping import dense_mapping, latent_size_of
-from .pipeline import METHODS, NOISE_SCALE, SEED, STEPS, START_T, RegionDragPipeline
 from .image_prompt import IP_SCALE
+from .pipeline import METHODS, NOISE_SCALE, SEED, STEPS, START_T, RegionDragPipeline
 from .preview import HANDLE_RGB, TARGET_RGB, draw_preview
 from .regions import (DEFAULT_POINT_RADIUS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region, RegionError,
-                      RegionPoints, regions_from_json, validate_regions)
+                      RegionPoints, regions_from_json)
 
 # Photos larger than this (long side, pixels) are resized on upload: the model sees MAX_SIDE
 # anyway, and a canvas of a 4000 px photo is slow to draw on and to send back and forth.
@@ -174,6 +174,8 @@ def polygon_pair(session: Session, sides: str, handle_text: str, target_text: st
     k = POLYGON_SIDES[sides]
     handle = _need_points(parse_points(handle_text, "handle vertices"), "handle vertices",
                           f"click the handle polygon's {k} vertices on the preview")
+    if len(handle) < k and not target_text.strip():
+        raise UIError(f"the handle has {len(handle)} of its {k} vertices; click {k - len(handle)} more on the preview")
     target = _need_points(parse_points(target_text, "target vertices"), "target vertices",
                           f"after the handle's, click the target polygon's {k} vertices in the same order")
     return _checked(PolygonPair(handle, target), session)
@@ -218,7 +220,8 @@ def add_polygons(session: Session, sides: str, handle_text: str, target_text: st
 
 @shows_errors
 def add_region_points(session: Session, region_value, handle_text: str, target_text: str):
-    return *_added(session, region_points_pair(session, region_value, handle_text, target_text)), *NO_CLICKS, NO_CLICKS
+    pair = region_points_pair(session, region_value, handle_text, target_text)
+    return *_added(session, pair), *NO_CLICKS, NO_CLICKS
 
 
 @shows_errors
@@ -238,6 +241,7 @@ def clear_pairs(session: Session) -> tuple[Session, str, str, str]:
 
 # -- clicks on the preview ----------------------------------------------------------------------
 
+@shows_errors
 def click(kind: str, sides: str, clicks: tuple[str, str], evt: gr.SelectData):
     """The next polygon vertex (the handle's K, then the target's K), or the next handle / target point."""
     handle, target = parse_points(clicks[0], "handle"), parse_points(clicks[1], "target")
@@ -257,6 +261,7 @@ def click(kind: str, sides: str, clicks: tuple[str, str], evt: gr.SelectData):
     return _clicked(handle, target)
 
 
+@shows_errors
 def undo_click(kind: str, clicks: tuple[str, str]):
     """Drop the last clicked point (polygons: the target's vertices come after all the handle's)."""
     handle, target = parse_points(clicks[0], "handle"), parse_points(clicks[1], "target")
@@ -320,7 +325,7 @@ def _mark_clicks(drawing: Image.Image, handle_text: str, target_text: str) -> No
             points = parse_points(text, "")
         except UIError:
             continue
-        for i, (x, y) in enumerate(np.round(points).astype(int), start=1):
+        for x, y in np.round(points).astype(int):
             cv2.circle(canvas, (x, y), radius + 1, (255, 255, 255), cv2.FILLED, cv2.LINE_AA)
             cv2.circle(canvas, (x, y), radius, rgb, cv2.FILLED, cv2.LINE_AA)
     drawing.paste(Image.fromarray(canvas))
@@ -339,15 +344,14 @@ def export_regions(session: Session) -> str:
     photo = _need_photo(session)
     if not session.pairs:
         raise UIError("no pairs to export: add a pair first")
-    folder = Path(tempfile.mkdtemp(prefix="regiondrag_export_"))
-    doc = {"pairs": [_pair_json(i, pair, folder) for i, pair in enumerate(session.pairs)]}
-    (folder / REGIONS_JSON).write_text(json.dumps(doc, indent=1) + "\n")
-    save_image_atomic(photo, folder / PHOTO_PNG)
-    out = folder / "regiondrag_regions.zip"
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    out = Path(tempfile.mkdtemp(prefix="regiondrag_export_")) / "regiondrag_regions.zip"  # gradio serves it
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        folder = Path(tmp)
+        doc = {"pairs": [_pair_json(i, pair, folder) for i, pair in enumerate(session.pairs)]}
+        (folder / REGIONS_JSON).write_text(json.dumps(doc, indent=1) + "\n")
+        save_image_atomic(photo, folder / PHOTO_PNG)
         for f in sorted(folder.iterdir()):
-            if f != out:
-                z.write(f, f.name)
+            z.write(f, f.name)
     return str(out)
 
 
@@ -370,20 +374,21 @@ def import_regions(session: Session, files: Optional[list]) -> tuple[Session, st
     photo = _need_photo(session)
     if not files:
         raise UIError("choose a regions .json (with the mask PNGs it names) or an exported .zip")
-    folder = Path(tempfile.mkdtemp(prefix="regiondrag_import_"))
-    for f in map(Path, files):
-        if f.suffix.lower() == ".zip":
-            try:
-                with zipfile.ZipFile(f) as z:
-                    z.extractall(folder)  # extractall drops absolute paths and '..' from member names
-            except zipfile.BadZipFile:
-                raise UIError(f"{f.name} is not a readable zip file; export the regions again") from None
-        else:
-            (folder / f.name).write_bytes(f.read_bytes())
-    found = sorted(folder.rglob("*.json"))
-    if len(found) != 1:
-        raise UIError(f"found {len(found)} .json region files in the import; give exactly one")
-    pairs = regions_from_json(found[0], photo.size)
+    with tempfile.TemporaryDirectory() as tmp:  # the masks are read into the pairs, then the files go
+        folder = Path(tmp)
+        for f in map(Path, files):
+            if f.suffix.lower() == ".zip":
+                try:
+                    with zipfile.ZipFile(f) as z:
+                        z.extractall(folder)  # extractall drops absolute paths and '..' from member names
+                except zipfile.BadZipFile:
+                    raise UIError(f"{f.name} is not a readable zip file; export the regions again") from None
+            else:
+                (folder / f.name).write_bytes(f.read_bytes())
+        found = sorted(folder.rglob("*.json"))
+        if len(found) != 1:
+            raise UIError(f"found {len(found)} .json region files in the import; give exactly one")
+        pairs = regions_from_json(found[0], photo.size)
     return session.with_pairs(pairs), f"Imported {len(pairs)} pair(s) from {found[0].name}."
 
 
@@ -529,8 +534,8 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
         def refreshing(event):
             return event.success(render, view_inputs, view_outputs, api_visibility="private", show_progress="hidden")
 
-        refreshing(photo_file.upload(load, photo_file, [session, status, handle_text, target_text, clicks, handle_editor,
-                                                        target_editor, region_editor, mask_editor],
+        refreshing(photo_file.upload(load, photo_file, [session, status, handle_text, target_text, clicks,
+                                                        handle_editor, target_editor, region_editor, mask_editor],
                                      api_name="load_photo"))
         for tab, name in ((tab_masks, "masks"), (tab_polygons, "polygons"), (tab_region_points, "region_points"),
                           (tab_points, "points")):
@@ -539,7 +544,8 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
                                           api_name="add_masks")).success(
             lambda s: (editor_value(s.photo),) * 2, session, [handle_editor, target_editor], api_visibility="private")
         refreshing(add_polygons_button.click(add_polygons, [session, sides, handle_text, target_text],
-                                             [session, status, handle_text, target_text, clicks], api_name="add_polygons"))
+                                             [session, status, handle_text, target_text, clicks],
+                                             api_name="add_polygons"))
         refreshing(add_region_points_button.click(
             add_region_points, [session, region_editor, handle_text, target_text],
             [session, status, handle_text, target_text, clicks], api_name="add_region_points")).success(
@@ -572,7 +578,8 @@ def build_app(pipe: RegionDragPipeline, max_side: int = MAX_SIDE) -> gr.Blocks:
 def _editor(label: str, colour: str, elem_id: str) -> gr.ImageEditor:
     """A paint canvas over the photo: one brush colour, an eraser, no crop/resize (pixels must stay put)."""
     return gr.ImageEditor(label=label, type="numpy", image_mode="RGBA", format="png", sources=(), transforms=(),
-                          layers=False, height=360, brush=gr.Brush(colors=[colour], color_mode="fixed"), elem_id=elem_id)
+                          layers=False, height=360, brush=gr.Brush(colors=[colour], color_mode="fixed"),
+                          elem_id=elem_id)
 
 
 # Gradio's default fonts come from a CDN; the page must work offline.
@@ -584,6 +591,6 @@ def launch(pipe: RegionDragPipeline, host: str = "127.0.0.1", port: int = 7860, 
     """Serve the page on host:port (one Drag at a time on the model, the others queued)."""
     app = build_app(pipe, max_side)
     app.queue(default_concurrency_limit=4)
-    app.launch(server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block, quiet=not block,
-               theme=gr.themes.Default(**THEME_FONTS), footer_links=["api"])
+    app.launch(server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block,
+               quiet=not block, theme=gr.themes.Default(**THEME_FONTS), footer_links=["api"])
     return app

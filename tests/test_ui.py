@@ -292,6 +292,8 @@ def test_bad_inputs(client, tmp_path):
                    "handle polygon is degenerate", "collinear")
     assert_message(lambda: client.predict(TRIANGLE, text(POLY_H), "", api_name="/add_polygons"),
                    "no target vertices yet", "click the target polygon's 3 vertices")
+    assert_message(lambda: client.predict(QUAD, text(POLY_H), "", api_name="/add_polygons"),
+                   "the handle has 3 of its 4 vertices; click 1 more")
     assert_message(lambda: client.predict("500,10", "20,20", 16, "disk", api_name="/add_points"),
                    "handle point 0 (500, 10) lies outside the 451x300 image")
     assert_message(lambda: client.predict("20,2o", "30,30", 16, "disk", api_name="/add_points"),
@@ -302,6 +304,10 @@ def test_bad_inputs(client, tmp_path):
     bad_json.write_text('{"pairs": [{"kind": "points", "handle": [[10, 10]]}]}')
     assert_message(lambda: client.predict([handle_file(str(bad_json))], api_name="/import"),
                    "pair 0 (points): missing key(s) target")
+    not_a_zip = tmp_path / "regions.zip"
+    not_a_zip.write_text("hello")
+    assert_message(lambda: client.predict([handle_file(str(not_a_zip))], api_name="/import"),
+                   "regions.zip is not a readable zip file")
     assert render(client)[2].startswith("No pairs yet")  # nothing half-added by the failures
 
 

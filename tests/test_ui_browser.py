@@ -129,6 +129,8 @@ def test_draw_and_drag_in_chromium(server_url, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            elsewhere = []  # requests to anywhere but the server: the page must work offline
+            page.on("request", lambda r: r.url.startswith((server_url, "data:", "blob:")) or elsewhere.append(r.url))
             page.goto(server_url)
             page.locator("#photo input[type=file]").set_input_files(str(CHELSEA))
             wait_for_text(page, "#status", r"Photo 451x300")
@@ -175,6 +177,7 @@ def test_draw_and_drag_in_chromium(server_url, tmp_path):
             page.locator("#add-polygons").click()
             page.get_by_text("no handle vertices yet").first.wait_for(timeout=30_000)
             page.screenshot(path=shots / "7_error.png", full_page=True)
+            assert elsewhere == []
         finally:
             browser.close()
             keep = os.environ.get("REGIONDRAG_UI_SCREENSHOTS")  # a folder to copy them to, for a look
