@@ -140,8 +140,9 @@ def run_ui(args: argparse.Namespace) -> None:
                                               dtype=DTYPES.get(args.dtype))
     try:
         ui.launch(pipe, args.host, args.port, args.max_side)
-    except OSError as e:
-        raise UsageError(f"cannot serve on {args.host}:{args.port} ({e}); choose another --port") from None
+    except OSError:  # gradio's message names its own environment variable and launch() argument
+        raise UsageError(f"cannot serve on {args.host}:{args.port} (the port is taken, or the host is not "
+                         f"this machine's); choose another --port or --host") from None
 
 
 def main(argv: Optional[list[str]] = None) -> int:

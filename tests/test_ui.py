@@ -341,3 +341,16 @@ def test_one_edit_at_a_time_on_the_model(server, tmp_path):
     results = [Image.open(job.result(timeout=300)[1]) for job in jobs]
     assert [r.size for r in results] == [(451, 300)] * 2
     assert server.counts.peak == 1
+
+
+# -- the command --------------------------------------------------------------------------------------
+
+def test_ui_command_on_a_taken_port(capsys, tiny_sd_folder):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli_main(["ui", "--weights", str(tiny_sd_folder), "--device", "cpu", "--port", str(port)])
+    last = capsys.readouterr().err.splitlines()[-1]  # after the loaders' progress bars
+    assert code == 2 and last.startswith(f"error: cannot serve on 127.0.0.1:{port}"), last
+    assert "choose another --port" in last and "Traceback" not in last

@@ -62,15 +62,15 @@ def server_url(tiny_sd_folder, tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def editor_point(page, elem_id: str, x: float, y: float) -> tuple[float, float]:
-    """Screen position of photo pixel (x, y) on an ImageEditor: the photo sits centred in its canvas,
+def editor_points(page, elem_id: str, points) -> list[tuple[float, float]]:
+    """Screen positions of photo pixels on an ImageEditor: the photo sits centred in its canvas,
     scaled by the zoom the editor shows."""
     editor = page.locator(f"#{elem_id}")
     zoom = float(re.search(r"(\d+)%", editor.inner_text()).group(1)) / 100
     box = editor.locator("canvas").first.bounding_box()
     width, height = Image.open(CHELSEA).size
-    return (box["x"] + box["width"] / 2 + (x - width / 2) * zoom,
-            box["y"] + box["height"] / 2 + (y - height / 2) * zoom)
+    return [(box["x"] + box["width"] / 2 + (x - width / 2) * zoom,
+             box["y"] + box["height"] / 2 + (y - height / 2) * zoom) for x, y in points]
 
 
 def image_point(page, elem_id: str, x: float, y: float) -> tuple[float, float]:
@@ -100,14 +100,15 @@ def click_preview(page, x: float, y: float, n: int) -> None:
 
 def paint(page, elem_id: str, points) -> None:
     """One mouse stroke through photo pixels `points`, zigzagging so that it fills an area."""
-    page.mouse.move(*editor_point(page, elem_id, *points[0]))
+    first, *rest = editor_points(page, elem_id, points)
+    page.mouse.move(*first)
     page.mouse.down()
-    for p in points[1:]:
-        page.mouse.move(*editor_point(page, elem_id, *p), steps=6)
+    for p in rest:
+        page.mouse.move(*p, steps=2)
     page.mouse.up()
 
 
-def zigzag(x0, y0, x1, y1, step=8):
+def zigzag(x0, y0, x1, y1, step=15):
     return [(x0 if i % 2 == 0 else x1, y) for i, y in enumerate(range(y0, y1 + 1, step))]
 
 
@@ -121,6 +122,7 @@ def wait_for_text(page, selector: str, pattern: str, timeout_s: float = 60) -> s
     pytest.fail(f"{selector} never showed {pattern!r}; it shows {text!r}")
 
 
+@pytest.mark.slow  # about a minute (software-rendered canvas, a subprocess server): CI runs it with -m slow
 def test_draw_and_drag_in_chromium(server_url, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
