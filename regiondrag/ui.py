@@ -27,12 +27,13 @@ import cv2
 import gradio as gr
 import numpy as np
 from PIL import Image
+from sampling import START_T, STEPS
 
 from .copy_paste import PASTE_SCHEDULES
 from .image_io import MAX_SIDE, ImageError, load_image, save_image_atomic, working_size
 from .mapping import dense_mapping, latent_size_of
 from .image_prompt import IP_SCALE
-from .pipeline import METHODS, NOISE_SCALE, SEED, STEPS, START_T, RegionDragPipeline
+from .pipeline import METHODS, NOISE_SCALE, SEED, RegionDragPipeline
 from .preview import HANDLE_RGB, TARGET_RGB, draw_preview
 from .regions import (DEFAULT_POINT_RADIUS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region, RegionError,
                       RegionPoints, regions_from_json)
