@@ -68,7 +68,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
             text += " (default: %(default)s)"
         return text
 
@@ -136,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("preview", help="draw the regions and their dense mapping over the photo (no model)", **common)
     _add_inputs(v)
+
+    u = sub.add_parser("ui", help="the browser editor: draw regions, see the preview, drag (needs regiondrag[ui])",
+                       formatter_class=_Help)
+    u.add_argument("--weights", help=f"SD weights, as for edit; a local folder works offline "
+                                     f"(default: --model's hub id, SD1.5: {DEFAULT_MODEL})")
+    u.add_argument("--model", choices=WORKING_SIZES, default="sd15", help="backbone whose hub weights are the default (default: sd15)")
+    u.add_argument("--vae", metavar="SRC", help="another VAE, as for edit (default: the weights' own)")
+    u.add_argument("--ip-adapter", help="IP-Adapter-Plus source, as for edit (default: none)")
+    u.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    u.add_argument("--dtype", choices=DTYPES, help="default: fp16 on GPU, fp32 on CPU")
+    u.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    u.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
+    u.add_argument("--max-side", type=int, help="long side the model works at (default: the backbone's: "
+                                                "SD1.5 512, SD2.1 768, SDXL 1024)")
     return parser
 
 
@@ -275,12 +289,36 @@ def _error(message: str) -> None:
     print("error: " + re.sub(r"\s*\n\s*", " ", message.strip()), file=sys.stderr)  # one line, always
 
 
+def run_ui(args: argparse.Namespace) -> None:
+    """Load the models once, then serve the page until interrupted."""
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port; use 1 ... 65535")
+    if args.max_side is not None:
+        edit_config(args)  # range-checks --max-side before the slow load
+    try:
+        from . import ui
+    except ImportError as e:
+        raise UsageError(f"the browser editor needs gradio ({e}); install it with pip install -e '.[ui]'") from None
+    from .pipeline import DTYPES, RegionDragPipeline
+
+    pipe = RegionDragPipeline.from_pretrained(args.weights, model=args.model, vae=args.vae, ip_adapter=args.ip_adapter,
+                                              device=args.device, dtype=DTYPES.get(args.dtype))
+    try:
+        ui.launch(pipe, args.host, args.port, args.max_side or pipe.config.max_side)
+    except OSError:  # gradio's message names its own environment variable and launch() argument
+        raise UsageError(f"cannot serve on {args.host}:{args.port} (the port is taken, or the host is not "
+                         f"this machine's); choose another --port or --host") from None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     import weights
 
     try:
         with _signals_raise():
             args = build_parser().parse_args(argv)
+            if args.command == "ui":
+                run_ui(args)  # serves until interrupted
+                return 0
             out = run_edit(args) if args.command == "edit" else run_preview(args)
     except KeyboardInterrupt:
         _error("interrupted (Ctrl-C); no partial output was left")
