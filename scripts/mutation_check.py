@@ -5,7 +5,8 @@
     python scripts/mutation_check.py tests/test_mechanisms.py   # only these tests (a quicker look)
 
 Each mutation is a one-place textual change (a deliberate bug an ablation could introduce unnoticed).
-The fast suite runs on the mutated copy with `-x`; a mutation is *caught* when some test fails. A
+The fast suite runs on the mutated copy with `-x`, the mechanism tests first (pytest collects each test
+once), so a caught mutation stops within seconds; a mutation is *caught* when some test fails. A
 mutation whose text no longer matches the source fails this check too: update it with the code.
 CI runs this script, so these bugs stay caught.
 """
@@ -61,7 +62,8 @@ def copy_tree(dst: Path) -> None:
 
 def run_suite(tree: Path, pytest_args: list[str]) -> int:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "--no-header", "-p", "no:cacheprovider", *pytest_args],
+    tests = pytest_args or ["tests/test_mechanisms.py", "tests/test_pipeline.py", "tests"]
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "--no-header", "-p", "no:cacheprovider", *tests],
                           cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
 
 
