@@ -38,30 +38,15 @@ def ddim_step(
     return x_prev + sigma * noise if sigma else x_prev
 
 
-def ddim_inversion_step(
-    model: Model,
-    x: Tensor,
-    t: int,
-    t_next: int,
-    i: int,
-    alphas_cumprod: Tensor,
-    prediction_type: str = "epsilon",
-) -> Tensor:
+def ddim_inversion_step(model: Model, x: Tensor, t: int, t_next: int, i: int, alphas_cumprod: Tensor,
+                        prediction_type: str = "epsilon") -> Tensor:
     """x_t -> x_t_next by the DDIM (ODE) step run upwards, the model evaluated at (x_t, t)."""
     a, a_next = alpha_bar(alphas_cumprod, t), alpha_bar(alphas_cumprod, t_next)
     return ddim_step(x, model(x, t, i), a, a_next, prediction_type=prediction_type)
 
 
-def cycle_sde_inversion_step(
-    model: Model,
-    x: Tensor,
-    t: int,
-    t_next: int,
-    i: int,
-    alphas_cumprod: Tensor,
-    noise: Tensor,
-    prediction_type: str = "epsilon",
-) -> tuple[Tensor, Tensor]:
+def cycle_sde_inversion_step(model: Model, x: Tensor, t: int, t_next: int, i: int, alphas_cumprod: Tensor,
+                             noise: Tensor, prediction_type: str = "epsilon") -> tuple[Tensor, Tensor]:
     """x_t -> (x_t_next, z): the cycle-consistent SDE step of SDE-Drag.
 
     Sample q(x_t_next | x_t) with `noise`, evaluate the model at (x_t_next, t_next), and return the z
