@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig  # noqa: E402
+from models.random_weights import random_sd  # noqa: E402
 from models.attention import ImagePrompt  # noqa: E402
 from models.unet import Conditioning  # noqa: E402
 from regiondrag.image_io import load_image, working_size  # noqa: E402
@@ -67,11 +68,8 @@ def random_models(size: str, ip: bool, device, dtype):
     """Our UNet/VAE with random weights, a fixed random prompt embedding, optionally a random
     IP-Adapter-Plus (ViT-H image encoder + resampler) of the real shapes."""
     ucfg, vcfg, _ = SIZES[size]
-    torch.manual_seed(0)
-    unet, vae = UNet(ucfg), AutoencoderKL(vcfg)
-    context = torch.randn(1, 77, ucfg.context_dim, device=device, dtype=dtype)
-    if ucfg.pooled_text_dim:  # SDXL: the pooled embedding too (the pipeline adds the size ids)
-        context = Conditioning(context, torch.randn(1, ucfg.pooled_text_dim, device=device, dtype=dtype))
+    unet, vae, context = random_sd(ucfg, vcfg)
+    context = context.to(device=device, dtype=dtype)
     prompter = None
     if ip:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection

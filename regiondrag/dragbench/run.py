@@ -143,14 +143,14 @@ def pretrained_models(sd_weights: Optional[str] = None, ip_adapter: Optional[str
 def random_tiny_models(device: str = "cpu") -> Models:
     """Tiny random-weight models (tests, --random-tiny): the whole evaluation runs in seconds on a CPU.
     The scores mean nothing; the plumbing is what is exercised."""
-    from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
+    from models import UNetConfig, VAEConfig
     from models.lpips import LPIPS
+    from models.random_weights import random_sd
 
     def tiny(seed: int):
-        torch.manual_seed(seed)
-        unet, vae = UNet(UNetConfig.tiny()).to(device).eval(), AutoencoderKL(VAEConfig.tiny()).to(device).eval()
-        context = torch.randn(1, 77, unet.cfg.context_dim, device=device)
-        return unet, vae, lambda prompt: context  # a fixed embedding stands in for the text encoder
+        unet, vae, context = random_sd(UNetConfig.tiny(), VAEConfig.tiny(), seed)
+        context = context.to(device)
+        return unet.to(device), vae.to(device), lambda prompt: context
 
     def metrics() -> Metrics:
         dift = DIFT(*tiny(1), image_size=TINY_DIFT_SIZE, ensemble=TINY_DIFT_ENSEMBLE)
