@@ -508,7 +508,10 @@ def test_a_signal_during_the_save_leaves_no_file(tmp_path, signum, code, name):
     out_dir.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", STALLING_PREVIEW, "preview", "--image", str(CHELSEA),
                              "--regions", str(CHELSEA_REGIONS), "--out", str(out_dir / "p.png")],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job ignores SIGINT, and Python keeps an inherited SIG_IGN:
+                            # give the child the default, as a terminal would
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "saving\n"
         assert len(os.listdir(out_dir)) == 1  # the temporary file, half written
