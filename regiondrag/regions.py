@@ -70,8 +70,9 @@ from typing import ClassVar, Iterator, Mapping, Optional, Sequence, Union
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from .image_io import ImageError, load_mask
+from .image_io import ImageError, load_mask, save_image_atomic
 
 # Our extension's defaults: a point pair moves a disk this big (image pixels), two latent
 # cells across, so that even a lone point pair moves a recognisable patch.
@@ -299,6 +300,23 @@ def regions_from_json(path_or_dict: Union[str, os.PathLike, Mapping, object], im
     regions = [_parse_pair(i, pair, image_size, base) for i, pair in enumerate(_pairs(doc))]
     validate_regions(regions, image_size)
     return regions
+
+
+def regions_to_json(regions: Sequence[Region], folder: Union[str, os.PathLike]) -> dict:
+    """The region file's document for `regions` (regions_from_json's inverse): masks are written as
+    PNGs into `folder`, where the JSON is to be saved beside them, and named by their file names."""
+    pairs = []
+    for index, pair in enumerate(regions):
+        doc = {"kind": pair.kind}
+        for f in dataclasses.fields(pair):
+            value = getattr(pair, f.name)
+            if isinstance(value, np.ndarray) and value.dtype == bool:
+                doc[f.name] = f"pair{index}_{f.name}.png"
+                save_image_atomic(Image.fromarray(value.astype(np.uint8) * 255), Path(folder) / doc[f.name])
+            else:
+                doc[f.name] = value.tolist() if isinstance(value, np.ndarray) else value
+        pairs.append(doc)
+    return {"pairs": pairs}
 
 
 def _pairs(doc) -> list:

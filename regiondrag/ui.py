@@ -35,7 +35,7 @@ from .config import METHODS, ConfigError, EditConfig
 from .pipeline import RegionDragPipeline
 from .preview import HANDLE_RGB, TARGET_RGB, draw_preview
 from .regions import (DEFAULT_POINT_RADIUS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region, RegionError,
-                      RegionPoints, regions_from_json)
+                      RegionPoints, regions_from_json, regions_to_json)
 
 # Photos whose long side exceeds twice the working size (and 1024 px) are resized on upload: the model
 # sees the working size anyway, and a canvas of a 4000 px photo is slow to draw on and to send back.
@@ -349,25 +349,12 @@ def export_regions(session: Session) -> str:
     out = Path(tempfile.mkdtemp(prefix="regiondrag_export_")) / "regiondrag_regions.zip"  # gradio serves it
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         folder = Path(tmp)
-        doc = {"pairs": [_pair_json(i, pair, folder) for i, pair in enumerate(session.pairs)]}
+        doc = regions_to_json(session.pairs, folder)
         (folder / REGIONS_JSON).write_text(json.dumps(doc, indent=1) + "\n")
         save_image_atomic(photo, folder / PHOTO_PNG)
         for f in sorted(folder.iterdir()):
             z.write(f, f.name)
     return str(out)
-
-
-def _pair_json(index: int, pair: Region, folder: Path) -> dict:
-    """One pair in regions.py's JSON format: masks written as PNGs beside the JSON, arrays as lists."""
-    doc = {"kind": pair.kind}
-    for f in dataclasses.fields(pair):
-        value = getattr(pair, f.name)
-        if isinstance(value, np.ndarray) and value.dtype == bool:
-            doc[f.name] = f"pair{index}_{f.name}.png"
-            save_image_atomic(Image.fromarray(value.astype(np.uint8) * 255), folder / doc[f.name])
-        else:
-            doc[f.name] = value.tolist() if isinstance(value, np.ndarray) else value
-    return doc
 
 
 @shows_errors

@@ -1,5 +1,6 @@
 """Region inputs: JSON parsing, validation messages, examples, DragBench metadata pickles."""
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from regiondrag.dragbench.reader import latent_mapping, read_meta_data
 from regiondrag.dragbench.unpickle import UnsafePickleError, restricted_load
 from regiondrag.mapping import dense_mapping
 from regiondrag.regions import (KINDS, MaskPair, PointPairs, PolygonPair, RegionError, RegionPoints,
-                                regions_from_json)
+                                regions_from_json, regions_to_json)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SIZE = (200, 150)  # (W, H) of most tests' image
@@ -439,3 +440,23 @@ def test_edit_inputs_are_checked(kwargs, fragment):
 def test_valid_edit_inputs_pass():
     check_edit_inputs(None, (np.zeros((1, 2), int), np.array([[24, 17]])), np.ones(SIZE[::-1]), SIZE, LATENT)
     check_edit_inputs(regions_from_json(points_doc(), SIZE), None, None, SIZE, LATENT)
+
+
+def test_regions_to_json_is_the_inverse_of_regions_from_json(tmp_path):
+    """Every kind written by regions_to_json (masks as PNGs beside the JSON) reads back field for field."""
+    size = (64, 48)
+    blob = np.zeros(size[::-1], bool)
+    blob[10:30, 8:40] = True
+    regions = [MaskPair(blob, np.roll(blob, 12, 1)),
+               PolygonPair(np.array([[4.0, 4.0], [30.0, 6.0], [12.0, 30.0]]),
+                           np.array([[20.0, 8.0], [50.0, 10.0], [30.0, 40.0]])),
+               RegionPoints(blob, np.array([[20.0, 20.0]]), np.array([[30.0, 24.0]])),
+               PointPairs(np.array([[10.0, 10.0]]), np.array([[40.0, 30.0]]), radius=6.0, shape="square")]
+    doc = regions_to_json(regions, tmp_path)
+    (tmp_path / "regions.json").write_text(json.dumps(doc))
+    back = regions_from_json(tmp_path / "regions.json", size)
+    assert [type(r) for r in back] == [type(r) for r in regions]
+    for a, b in zip(regions, back):
+        for f in dataclasses.fields(a):
+            np.testing.assert_array_equal(np.asarray(getattr(b, f.name)), np.asarray(getattr(a, f.name)),
+                                          err_msg=f.name)
