@@ -41,7 +41,7 @@ from .copy_paste import add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .image_prompt import IP_SCALES, ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
-from .regions import Region, RegionError, check_edit_inputs
+from .regions import Region, check_edit_inputs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
 # Per backbone (weights.backbones): the long side the reference works at (region_utils/drag.py); a
@@ -191,14 +191,14 @@ class RegionDragPipeline:
         config = self.config if config is None else config
         config = config.replace(**settings) if settings else config
         clock, photo = PhaseClock(self.device), load_image(image)
-        work = self._working_photo(photo, config.max_side)
+        work = self.working_photo(photo, config.max_side)
         check_edit_inputs(regions, mapping, mask, photo.size, latent_size_of(work.size))  # one-line errors, first
         config.check_layers(self.unet.num_self_attention_layers)
         grid = config.timestep_grid()
         with clock("mapping_s"):  # 1. dense mapping at latent resolution, in working-size coordinates
             mapping = self.map(regions, mapping, photo.size, work.size, config)
             handle, target = (torch.as_tensor(a, device=self.device, dtype=torch.long) for a in mapping)
-            editable = self._editable_cells(mask, photo.size, work.size)
+            editable = self._editable_cells(mask, work.size)
         inv = self.invert(work, prompt, config, progress, clock)  # 2. cached across edits of this photo
         generator = torch.Generator(self.device).set_state(inv.generator_state)
         with clock("preview_inversion_s"):  # 3. what is pasted from where, and which cells are noised
@@ -235,30 +235,25 @@ class RegionDragPipeline:
         return self.unet.cfg.prediction_type
 
     @staticmethod
-    def _working_photo(photo: Image.Image, max_side: Optional[int]) -> Image.Image:
+    def working_photo(photo: Image.Image, max_side: Optional[int]) -> Image.Image:
+        """The photo resized (bicubic) to the working size the models see."""
         size = working_size(*photo.size, max_side)
         return photo.resize(size, Image.BICUBIC) if size != photo.size else photo
 
     @staticmethod
     def map(regions: Optional[Sequence[Region]], mapping: Optional[Mapping], photo_size: tuple[int, int],
             work_size: tuple[int, int], config: EditConfig) -> Mapping:
-        """The latent (handle, target) pairs of the working size: from the regions or as given,
-        subsampled to config.point_fraction."""
-        if (regions is None) == (mapping is None):
-            raise ValueError("give either regions or a precomputed mapping, not both or neither")
+        """The latent (handle, target) pairs of the working size: from the regions or as given (exactly
+        one of the two, as check_edit_inputs makes sure), subsampled to config.point_fraction."""
         if mapping is None:
             mapping = dense_mapping(regions, photo_size, latent_size_of(work_size))
         return subsample_pairs(mapping, config.point_fraction, config.seed) if config.point_fraction < 1 else mapping
 
-    def _editable_cells(self, mask: Optional[np.ndarray], photo_size: tuple[int, int],
-                        work_size: tuple[int, int]) -> Optional[Tensor]:
+    def _editable_cells(self, mask: Optional[np.ndarray], work_size: tuple[int, int]) -> Optional[Tensor]:
+        """The editable mask (checked to be the photo's size by check_edit_inputs) at latent resolution."""
         if mask is None:
             return None
-        mask = np.asarray(mask)
-        if mask.shape != photo_size[::-1]:
-            raise RegionError(f"the editable mask is {mask.shape[1]}x{mask.shape[0]} but the photo is "
-                              f"{photo_size[0]}x{photo_size[1]}; give a mask of the photo's size")
-        return torch.from_numpy(editable_mask_to_latent(mask, latent_size_of(work_size))).to(self.device)
+        return torch.from_numpy(editable_mask_to_latent(np.asarray(mask), latent_size_of(work_size))).to(self.device)
 
     def paste_source(self, inv: Inversion, handle: Tensor, target: Tensor, work: Image.Image,
                      regions: Optional[Sequence[Region]], photo_size: tuple[int, int], mapping: Mapping, grid: Grid,

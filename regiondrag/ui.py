@@ -305,10 +305,11 @@ def render(session: Session, kind: str, sides: str, handle_text: str, target_tex
     if not regions:
         drawing, copy_pasted, summary = photo.copy(), None, "No pairs yet: draw one in a tab and press Add pair."
     else:
-        latent, work = session.latent, working_size(*photo.size, session.max_side)
+        latent = session.latent
         mapping = dense_mapping(regions, photo.size, latent)
         drawing = draw_preview(photo, regions, mapping, latent)
-        copy_pasted = RegionDragPipeline.preview(photo.resize(work, Image.BICUBIC), regions, photo.size, mapping)
+        copy_pasted = RegionDragPipeline.preview(RegionDragPipeline.working_photo(photo, session.max_side), regions,
+                                                 photo.size, mapping)
         names = ", ".join(f"{i}. {KIND_TABS[r.kind].lower()}" for i, r in enumerate(session.pairs, start=1))
         summary = (f"**Pairs:** {names or 'none added'}"
                    f"{' (+ the pair being clicked, not added yet)' if pending is not None else ''}; "
