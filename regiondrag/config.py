@@ -118,6 +118,12 @@ class EditConfig:
                               f"must be self-attention layer indices 0 ... {num_layers - 1} of this UNet")
 
     def replace(self, **changes) -> "EditConfig":
+        """A copy with these fields changed; an unknown name (a typo of `edit(..., start_t=...)`) is a ConfigError."""
+        fields = [f.name for f in dataclasses.fields(self)]
+        for name in changes:
+            if name not in fields:
+                raise ConfigError(name, changes[name], "", f"{name!r:.40} is not a setting; EditConfig has "
+                                                           f"{', '.join(fields)}")
         return dataclasses.replace(self, **changes)
 
     def timestep_grid(self) -> Grid:

@@ -419,3 +419,8 @@ def test_bad_arguments_are_refused(pipe):
     with pytest.raises(ValueError, match="unknown copy-paste schedule"):
         pipe.edit(PHOTO, mapping=SHIFT, paste_schedule="nope", **FAST)
 
+
+
+def test_an_unknown_setting_is_named_with_the_valid_ones(pipe):
+    with pytest.raises(ValueError, match=r"'strat_t' is not a setting; EditConfig has steps, start_t, "):
+        pipe.edit(PHOTO, mapping=SHIFT, strat_t=0.7, **FAST)
