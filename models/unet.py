@@ -11,8 +11,11 @@ stands in for the context tensor wherever the UNet takes one (see Conditioning).
 
 Self-attention layers are numbered in the order the forward visits them: down blocks,
 mid block, up blocks, and inside a SpatialTransformer its blocks in order (SD1.5: 6 + 1 + 9 = 16
-layers; SDXL: 24 + 10 + 36 = 70). Module names follow diffusers' `UNet2DConditionModel`, so its
-folders load by name; see weights/ for the original layout.
+layers; SDXL: 24 + 10 + 36 = 70), and named `unet.self_attention_layer_names()`:
+"{down|mid|up}.{block}.{attention}" (mid: "mid.{attention}"), with ".{k}" for the k-th block of
+a transformer deeper than one (SDXL). SD1.5: down.0.0 down.0.1 down.1.0 ... down.2.1, mid.0,
+up.1.0 ... up.3.2 (diffusers' up block 0 has no attention). Module names follow diffusers'
+`UNet2DConditionModel`, so its folders load by name; see weights/ for the original layout.
 """
 from __future__ import annotations
 
@@ -232,6 +235,18 @@ class UNet(nn.Module):
 
     def _blocks(self) -> list[UNetBlock]:
         return [*self.down_blocks, self.mid_block, *self.up_blocks]
+
+    def self_attention_layer_names(self) -> list[str]:
+        """Every self-attention layer's name, in visiting order (the index of a layer in kv= lists)."""
+        names = []
+        parts = [("down", i, b) for i, b in enumerate(self.down_blocks)] + [("mid", None, self.mid_block)] + \
+                [("up", i, b) for i, b in enumerate(self.up_blocks)]
+        for part, index, block in parts:
+            for a, transformer in enumerate(block.attentions):
+                name = f"{part}.{a}" if index is None else f"{part}.{index}.{a}"
+                depth = len(transformer.transformer_blocks)
+                names += [name] if depth == 1 else [f"{name}.{k}" for k in range(depth)]
+        return names
 
     def add_image_prompt_projections(self) -> None:
         """Give every cross-attention IP-Adapter's extra key/value projections."""

@@ -25,11 +25,9 @@ from models.attention import ImagePrompt
 from models.image_encoder import ImageEncoder
 from models.resampler import Resampler, ResamplerConfig
 from models.unet import UNet
-from weights.backbones import backbone_of
+from models.backbones import BACKBONES, backbone_of
 from weights.ip_adapter import IP_ADAPTER_REPO, ip_adapter_files, load_image_encoder, load_ip_adapter
 
-IP_SCALE = 0.5            # reference: region_utils/cycle_sde.py `load_model`, ip_adapter_scale for v1-5 / v2-1
-IP_SCALES = {"sd15": IP_SCALE, "sdxl": 0.6}  # per backbone (the reference's for xl: 0.6); SD2.x has no adapter
 REFERENCE_LAYOUT = True   # zero-image tokens then photo tokens: 2 x 16 = 32 image tokens per cross-attention
 
 
@@ -66,5 +64,5 @@ class ImagePrompter(nn.Module):
             tokens = torch.cat([zero.expand_as(tokens), tokens], dim=1)
         return tokens
 
-    def forward(self, images, scale: float = IP_SCALE) -> ImagePrompt:
+    def forward(self, images, scale: float = BACKBONES["sd15"].ip_scale) -> ImagePrompt:
         return ImagePrompt(self.tokens(images), scale)

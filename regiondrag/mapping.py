@@ -223,9 +223,8 @@ def map_points(handle: np.ndarray, target: np.ndarray, radius: np.ndarray, shape
 
 
 def subsample_pairs(mapping: Mapping, point_fraction: float, seed: int = 0) -> Mapping:
-    """Keep a random fraction of the pairs (an ablation: how many points RegionDrag needs)."""
-    if not 0 < point_fraction <= 1:
-        raise RegionError(f"point_fraction {point_fraction!r} must be in (0, 1]")
+    """Keep a random fraction in (0, 1] of the pairs (EditConfig.point_fraction, checked there; an ablation:
+    how many points RegionDrag needs)."""
     handle_xy, target_xy = mapping
     n = max(1, round(point_fraction * len(target_xy))) if len(target_xy) else 0
     keep = np.sort(np.random.default_rng(seed).choice(len(target_xy), n, replace=False))

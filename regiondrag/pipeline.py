@@ -27,31 +27,29 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from models.attention import ImagePrompt
-from models.unet import Conditioning, Context, UNet
+from models.backbones import BACKBONES, backbone_of
+from models.protocol import DenoisingUNet
+from models.unet import Conditioning, Context
 from models.vae import AutoencoderKL
-from weights.backbones import backbone_of
-from sampling import Grid, Trajectory, alpha_bar, ddim_step, invert, matching_inversion_step, scaled_linear_alphas_cumprod
+from sampling import Grid, Trajectory, denoise, invert, matching_inversion_step, scaled_linear_alphas_cumprod
 
 from .attention_swap import KVStore
 from .config import GRIDS, METHODS, NOISE_SCALE, REFERENCE, SEED, EditConfig  # noqa: F401 (re-exported)
 from .copy_paste import add_handle_noise, paste, paste_steps, region_border
-from .image_io import LATENT_STRIDE, MAX_SIDE, ImageLike, load_image, to_pil, to_tensor, working_size
-from .image_prompt import IP_SCALES, ImagePrompter
+from .image_io import LATENT_STRIDE, ImageLike, load_image, to_pil, to_tensor, working_size
+from .image_prompt import ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
 from .regions import Region, check_edit_inputs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
-# Per backbone (weights.backbones): the long side the reference works at (region_utils/drag.py); a
-# pipeline's default EditConfig is REFERENCE at its backbone's size and IP scale (image_prompt.IP_SCALES)
-WORKING_SIZES = {"sd15": MAX_SIDE, "sd21": 768, "sdxl": 1024}
 
 
 def backbone_config(backbone: str) -> EditConfig:
-    """REFERENCE at the backbone's working size and image-prompt scale: a pipeline's default config."""
-    return REFERENCE.replace(max_side=WORKING_SIZES[backbone], ip_scale=IP_SCALES.get(backbone, 0.0))
+    """REFERENCE at the backbone's working size and image-prompt scale (models.backbones): a pipeline's
+    default config."""
+    return REFERENCE.replace(max_side=BACKBONES[backbone].working_size, ip_scale=BACKBONES[backbone].ip_scale)
 
 
 @dataclass
@@ -112,7 +110,7 @@ class PhaseClock:
 
 
 class RegionDragPipeline:
-    def __init__(self, unet: UNet, vae: AutoencoderKL, text_encoder: Callable[[str], Context],
+    def __init__(self, unet: DenoisingUNet, vae: AutoencoderKL, text_encoder: Callable[[str], Context],
                  image_prompter: Optional[Callable[[Image.Image, float], ImagePrompt]] = None):
         """image_prompter: (photo, scale) -> IP-Adapter image tokens, e.g. an ImagePrompter.
         The backbone (sd15 / sd21 / sdxl, from the UNet's structure) sets the default config's
@@ -125,6 +123,7 @@ class RegionDragPipeline:
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
         self._cache: tuple[tuple, Inversion] | None = None  # the last image's inversion
         self._timesteps: dict[int, Tensor] = {}
+        self._vae_fp32: Optional[AutoencoderKL] = None  # made on the first fp16 overflow (see _vae_finite)
 
     @classmethod
     def from_pretrained(cls, src: Optional[str] = None, *, model: str = "sd15", vae: Optional[str] = None,
@@ -137,7 +136,7 @@ class RegionDragPipeline:
         import weights
 
         device, dtype = default_device_dtype(device, dtype)
-        src = src or weights.HUB_IDS[model]
+        src = src or BACKBONES[model].hub_id
         unet = weights.load_unet(src, dtype=dtype, device=device)
         prompter = None
         if ip_adapter:  # before the rest: SD2.x has no adapter, which should not wait for the text encoder
@@ -193,7 +192,7 @@ class RegionDragPipeline:
         clock, photo = PhaseClock(self.device), load_image(image)
         work = self.working_photo(photo, config.max_side)
         check_edit_inputs(regions, mapping, mask, photo.size, latent_size_of(work.size))  # one-line errors, first
-        config.check_layers(self.unet.num_self_attention_layers)
+        swap = config.resolve_attention_swap(self.unet.self_attention_layer_names())
         grid = config.timestep_grid()
         with clock("mapping_s"):  # 1. dense mapping at latent resolution, in working-size coordinates
             mapping = self.map(regions, mapping, photo.size, work.size, config)
@@ -205,28 +204,25 @@ class RegionDragPipeline:
             source, preview = self.paste_source(inv, handle, target, work, regions, photo.size, mapping, grid,
                                                 config, generator, progress)
         x = add_handle_noise(inv.latents[-1], source.noised, config.noise_scale, generator)
+        n, pastes = len(grid.denoising), paste_steps([t for t, _ in grid.denoising], config.paste_schedule, config.end_t)
 
-        with clock("denoising_s"):  # 4. denoising: paste, swap the self-attention K/V, step
-            n, latents = len(grid.denoising), [x]
-            pastes = paste_steps([t for t, _ in grid.denoising], config.paste_schedule, config.end_t)
-            for j, (t, t_prev) in enumerate(tqdm(grid.denoising, desc="denoising", disable=not progress)):
-                i = matching_inversion_step(j, n)  # the inversion step that reached this noise level
-                stored = source.latents[i + 1]
-                if pastes[j]:
-                    x = paste(x, stored, source.copy_from, target)
-                if editable is not None:
-                    x = torch.where(editable, x, stored)
-                eps = self.unet(x, self._timestep(t), inv.context, kv=inv.kv.replay(j, config.attention_swap),
-                                image_prompt=inv.image_prompt)
-                noise = source.noises[i] if source.noises is not None else None
-                x = ddim_step(x, eps, alpha_bar(self.alphas_cumprod, t), alpha_bar(self.alphas_cumprod, t_prev),
-                              eta=0.0 if noise is None else 1.0, noise=noise, prediction_type=self.prediction_type)
-                latents.append(x)
+        def before_step(j: int, t: int, x: Tensor) -> Tensor:  # 4a. paste the stored latent of this noise level
+            stored = source.latents[matching_inversion_step(j, n) + 1]  # (inversion step n-1-j reached it)
+            x = paste(x, stored, source.copy_from, target) if pastes[j] else x
+            return x if editable is None else torch.where(editable, x, stored)  # the rest of the photo stays
+
+        def unet(x: Tensor, t: int, j: int) -> Tensor:  # 4b. self-attention on the K/V recorded at this level
+            return self.unet(x, self._timestep(t), inv.context, kv=inv.kv.replay(j, swap), image_prompt=inv.image_prompt)
+
+        with clock("denoising_s"):  # 4. denoising, retracing the inversion's cycle-SDE noises (none: DDIM)
+            noises = None if source.noises is None else [source.noises[matching_inversion_step(j, n)] for j in range(n)]
+            traj = denoise(unet, x, grid, self.alphas_cumprod, eta=0.0 if noises is None else 1.0, noises=noises,
+                           before_step=before_step, prediction_type=self.prediction_type, disable=not progress)
 
         with clock("decode_s"):  # 5. decode, back to the photo's size, original pixels outside the mask
-            edited = self._paste_back(to_pil(self.decode(x)), photo, mask)
+            edited = self._paste_back(to_pil(self.decode(traj.latents[-1])), photo, mask)
         return EditResult(edited, mapping, preview, inv if return_intermediates else None,
-                          Trajectory(latents, source.noises or []) if return_intermediates else None, clock.seconds)
+                          traj if return_intermediates else None, clock.seconds)
 
     # -- its phases ----------------------------------------------------------------------------
 
@@ -286,9 +282,10 @@ class RegionDragPipeline:
 
     def invert(self, work: Image.Image, prompt: str, config: Optional[EditConfig] = None, progress: bool = True,
                clock: Optional[PhaseClock] = None) -> Inversion:
-        """Encode the (working-size) photo and invert it, recording K/V; cached by content and settings."""
+        """Encode the (working-size) photo and invert it, recording K/V; cached by the photo's content, the
+        prompt and the settings an inversion depends on (config.inversion)."""
         config = self.config if config is None else config
-        key = self.inversion_key(work, prompt, config)
+        key = (hashlib.sha1(work.tobytes()).hexdigest(), work.size, prompt, config.inversion)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         self._cache = None  # free the previous image's K/V before recording new ones
@@ -317,13 +314,6 @@ class RegionDragPipeline:
         self._cache = (key, inv)
         return inv
 
-    @staticmethod
-    def inversion_key(work: Image.Image, prompt: str, config: EditConfig) -> tuple:
-        """What an inversion depends on: two edits with equal keys share one (the rest of the config,
-        the regions and the mask only change the denoising half)."""
-        return (hashlib.sha1(work.tobytes()).hexdigest(), work.size, prompt, config.steps, config.start_t,
-                config.seed, config.sde, config.ip_scale, config.grid)
-
     # -- pieces ------------------------------------------------------------------------------
 
     def _model(self, context: Context, image_prompt: Optional[ImagePrompt]):
@@ -347,25 +337,25 @@ class RegionDragPipeline:
 
     def encode(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """A sample of the VAE posterior, scaled (the reference samples rather than takes the mean)."""
-        mean, logvar = self._vae_finite(self.vae.encode_moments, images)
+        mean, logvar = self._vae_finite("encode_moments", images)
         return self.vae.sample(mean, logvar, generator) * self.vae.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
         if not torch.isfinite(latents).all():
             raise FloatingPointError(f"the denoised latent has NaN/inf values in {self.dtype}; "
                                      "run with dtype=torch.float32 (CLI: --dtype fp32) or bfloat16")
-        return self._vae_finite(self.vae.decode, latents / self.vae.scaling_factor)
+        return self._vae_finite("decode", latents / self.vae.scaling_factor)
 
-    def _vae_finite(self, fn, x: Tensor):
-        """Run a VAE half; if fp16 overflows (the SD VAE can), redo it in fp32 and say so."""
-        out = fn(x)
+    def _vae_finite(self, half: str, x: Tensor):
+        """Run a VAE half ("encode_moments" or "decode"); if fp16 overflows (the SD VAE can), redo it with
+        an fp32 copy of the VAE (made once; the shared one is never converted mid-call) and say so."""
+        out = getattr(self.vae, half)(x)
         first = out[0] if isinstance(out, tuple) else out
         if self.dtype == torch.float32 or torch.isfinite(first).all():
             return out
-        warnings.warn("the VAE overflowed in float16; recomputed in float32", RuntimeWarning)
-        self.vae.float()
-        try:
-            out = fn(x.float())
-        finally:
-            self.vae.to(self.dtype)
+        warnings.warn(f"the VAE overflowed in {str(self.dtype).removeprefix('torch.')}; recomputed in float32", RuntimeWarning)
+        if self._vae_fp32 is None:
+            self._vae_fp32 = AutoencoderKL(self.vae.cfg).to(self.device)
+            self._vae_fp32.load_state_dict({k: v.float() for k, v in self.vae.state_dict().items()})
+        out = getattr(self._vae_fp32, half)(x.float())
         return tuple(o.to(self.dtype) for o in out) if isinstance(out, tuple) else out.to(self.dtype)

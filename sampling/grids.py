@@ -46,7 +46,8 @@ def num_inversion_steps(steps: int, start_t: float) -> int:
     """The reference's int(start_t * steps), in 1 … steps-1 (with n = steps its inversion passes t = 999)."""
     n = int(start_t * steps)
     if not 1 <= n <= steps - 1:
-        raise ValueError(f"int(start_t * steps) = {n} must be in 1 … {steps - 1} (steps={steps}, start_t={start_t})")
+        raise ValueError(f"start_t={start_t:g} with steps={steps} inverts int(start_t * steps) = {n} steps; that must be "
+                         f"1 ... {steps - 1}: use a start_t in [{1 / steps:g}, 1) or more steps")
     return n
 
 

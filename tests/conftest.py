@@ -15,10 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-# let a bare `pytest` import the top-level packages without an editable install, and the scripts
-# (the benchmark's diffusers baseline is the reference several tests compare with)
+# let a bare `pytest` import the top-level packages without an editable install
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 TINY_UNET = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=32,

@@ -1,6 +1,6 @@
 """The command line, end to end: `python -m regiondrag edit|preview`.
 
-Runs `regiondrag.cli.main` in-process (fast, capsys) on the example photos, with a tiny
+Runs `regiondrag.apps.cli.main` in-process (fast, capsys) on the example photos, with a tiny
 random-weight model saved as a diffusers folder (conftest's `tiny_sd_folder`); one
 subprocess checks that `python -m regiondrag` starts at all.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regiondrag.cli import main
+from regiondrag.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -318,12 +318,12 @@ BAD_FLAGS = {
     "steps_1": (["--steps", "1"], "--steps: steps=1"),
     "steps_2": (["--steps", "2"], "--steps: steps=2 with start_t=0.5 steps past the last training timestep (999)"),
     "steps_word": (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
-    "start_t_0": (["--start-t", "0"], "--start-t: start_t=0.0 must be a number strictly between 0 and 1"),
-    "start_t_1": (["--start-t", "1.0"], "--start-t: start_t=1.0 must be"),
+    "start_t_0": (["--start-t", "0"], "--start-t: start_t=0 with steps=20 inverts int(start_t * steps) = 0 steps"),
+    "start_t_1": (["--start-t", "1.0"], "--start-t: start_t=1 with steps=20 inverts"),
     "start_t_1.5": (["--start-t", "1.5"], "--start-t: start_t=1.5"),
     "start_t_nan": (["--start-t", "nan"], "--start-t: start_t=nan"),
     "start_t_inf": (["--start-t", "inf"], "--start-t: start_t=inf"),
-    "start_t_no_step": (["--start-t", "0.01"], "inverts int(start_t * steps) = 0 steps of 20"),
+    "start_t_no_step": (["--start-t", "0.01"], "inverts int(start_t * steps) = 0 steps; that must be 1 ... 19"),
     "end_t_nan": (["--end-t", "nan", "--paste-schedule", "until_end_t"], "--end-t: end_t=nan"),
     "end_t_ignored": (["--end-t", "0.3"], "--end-t has no effect without --paste-schedule until_end_t"),
     "noise_negative": (["--noise-scale", "-0.5"], "--noise-scale: noise_scale=-0.5"),
@@ -374,7 +374,7 @@ def test_edit_with_the_fewest_steps_runs(capsys, tmp_path, tiny_sd_folder):
 def test_help_describes_the_region_format_and_every_default():
     import argparse
 
-    from regiondrag.cli import build_parser
+    from regiondrag.apps.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -496,7 +496,7 @@ STALLING_PREVIEW = textwrap.dedent("""
             print("saving", flush=True)
             time.sleep(60)
     Image.Image.save = stalling_save
-    from regiondrag.cli import main
+    from regiondrag.apps.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 

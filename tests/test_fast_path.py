@@ -8,10 +8,10 @@ import torch
 
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
 from regiondrag.pipeline import RegionDragPipeline
-from regiondrag.regions import regions_from_json
+from regiondrag.apps.region_file import regions_from_json
 from regiondrag.image_io import load_image
 
-from benchmark import DiffusersUNet, DiffusersVAE  # the benchmark's in-run baseline (scripts/)
+from regiondrag.apps.benchmark import DiffusersUNet, DiffusersVAE  # the benchmark's in-run baseline (scripts/)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -1,4 +1,4 @@
-"""`python -m weights.fetch --dragbench` against local fakes of the Hugging Face dataset (never the
+"""`python -m regiondrag.dragbench.fetch` against local fakes of the Hugging Face dataset (never the
 network): the dataset as a file tree and as one zip, an incomplete copy, offline and failing hubs."""
 import shutil
 import zipfile
@@ -9,7 +9,7 @@ from huggingface_hub import constants
 
 from regiondrag.dragbench.reader import RELEASE_SAMPLES, find_samples
 from synthetic_dragbench import PUBLISHED, write_synthetic_dragbench
-from weights import fetch
+from regiondrag.dragbench import fetch
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def online(monkeypatch) -> None:
 
 
 def check_fetched(capsys, dest: Path, root: Path) -> None:
-    assert fetch.main(["--dragbench", str(dest)]) == 0
+    assert fetch.main([str(dest)]) == 0
     out = capsys.readouterr().out
     assert f"DragBench in {root}: DragBench-SR 100, DragBench-DR 205 samples; annotations: i4p in 305, " \
            "points in 305" in out
@@ -84,7 +84,7 @@ def test_an_incomplete_copy_is_refused(release, tmp_path, monkeypatch, capsys):
     shutil.rmtree(next((hub / "dragbench-dr" / "animals").iterdir()))
     fake_hub(monkeypatch, hub)
     with pytest.raises(SystemExit) as exit:
-        fetch.main(["--dragbench", str(tmp_path / "data")])
+        fetch.main([str(tmp_path / "data")])
     assert exit.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
@@ -97,7 +97,7 @@ def test_a_snapshot_without_the_layout_is_named(tmp_path, monkeypatch, capsys):
     (hub / "README.md").write_text("moved elsewhere")
     fake_hub(monkeypatch, hub)
     with pytest.raises(SystemExit):
-        fetch.main(["--dragbench", str(tmp_path / "data")])
+        fetch.main([str(tmp_path / "data")])
     assert "holds no dragbench-sr/ and dragbench-dr/ folders" in capsys.readouterr().err
 
 
@@ -105,7 +105,7 @@ def test_offline_is_one_clear_line(tmp_path, monkeypatch, capsys):
     calls = fake_hub(monkeypatch, tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit) as exit:
-        fetch.main(["--dragbench", str(tmp_path / "data")])
+        fetch.main([str(tmp_path / "data")])
     assert exit.value.code == 1 and calls == []
     assert capsys.readouterr().err == (f"error: cannot fetch DragBench (LuJingyi/DragBench) into {tmp_path / 'data'}: "
                                        "the hub is offline (HF_HUB_OFFLINE); fetch it where there is internet and "
@@ -119,7 +119,7 @@ def test_a_failing_hub_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fetch, "snapshot_download", unreachable)
     online(monkeypatch)
     with pytest.raises(SystemExit):
-        fetch.main(["--dragbench", str(tmp_path / "data")])
+        fetch.main([str(tmp_path / "data")])
     assert capsys.readouterr().err == (f"error: cannot fetch DragBench (LuJingyi/DragBench) into {tmp_path / 'data'}: "
                                        "ConnectionError: Max retries exceeded with url: "
                                        "/api/datasets/LuJingyi/DragBench\n")

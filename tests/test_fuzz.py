@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from regiondrag.cli import main
+from regiondrag.apps.cli import main
 
 W, H = 64, 48  # the fuzzed photo: small, so that a valid preview takes milliseconds
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -40,7 +40,8 @@ def test_fuzz_edit_config_is_valid_or_a_config_error(fields, data):
 @pytest.mark.parametrize("swap, fragment", [
     (AttentionSwap(steps=frozenset({10})), "attention_swap.steps"),
     (AttentionSwap(steps=frozenset({-1})), "attention_swap.steps"),
-    (AttentionSwap(layers=["a"]), "attention_swap.layers"),
+    (AttentionSwap(layers=[1.5]), "attention_swap.layers"),
+    (AttentionSwap(layers=[" "]), "attention_swap.layers"),
     ("all", "must be an AttentionSwap")])
 def test_attention_swap_selections_are_checked(swap, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -48,10 +49,13 @@ def test_attention_swap_selections_are_checked(swap, fragment):
 
 
 def test_attention_swap_layers_are_checked_against_the_unet():
+    names = [f"layer{i}" for i in range(16)]
     config = EditConfig(attention_swap=AttentionSwap(layers=frozenset({15})))
-    config.check_layers(16)
-    with pytest.raises(ConfigError, match=r"layer indices 0 \.\.\. 14 of this UNet"):
-        config.check_layers(15)
+    assert config.resolve_attention_swap(names).layers == {15}
+    with pytest.raises(ConfigError, match=r"layer index 15 is not one of this UNet's self-attention layers 0 \.\.\. 14"):
+        config.resolve_attention_swap(names[:15])
+    with pytest.raises(ConfigError, match=r"'up\.\*' names none of this UNet's self-attention layers"):
+        EditConfig(attention_swap=AttentionSwap(layers={"up.*"})).resolve_attention_swap(names)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,7 @@ PHOTO = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
      "the editable mask is empty"),
     (dict(mapping=(np.array([[0, 0]]), np.array([[1, 1]])), attention_swap=AttentionSwap(layers=frozenset({99}))),
      ConfigError, "attention_swap.layers"),
-    (dict(mapping=(np.array([[0, 0]]), np.array([[1, 1]])), start_t=1.0), ConfigError, "start_t=1.0"),
+    (dict(mapping=(np.array([[0, 0]]), np.array([[1, 1]])), start_t=1.0), ConfigError, "start_t=1 with steps=20"),
 ])
 def test_edit_refuses_bad_api_input_with_the_documented_error(pipe, monkeypatch, kwargs, error, fragment):
     def no_model(*args, **kwargs):

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from regiondrag import image_io
-from regiondrag.image_io import ImageError, load_image, save_image_atomic, working_size
+from regiondrag.apps import outputs
+from regiondrag.apps.outputs import save_image_atomic
+from regiondrag.image_io import ImageError, load_image, working_size
 
 W, H = 12, 8
 
@@ -335,7 +337,7 @@ def test_bad_arrays_are_clear_errors(array, fragment):
 @pytest.mark.parametrize("name", ["out.xbm", "out.palm", "out.msp", "out.psd"])
 def test_formats_pil_cannot_write_rgb_to_are_refused_up_front(tmp_path, name):
     with pytest.raises(ImageError, match=r"use \.png or \.jpg"):
-        image_io.check_output_path(tmp_path / name)
+        outputs.check_output_path(tmp_path / name)
 
 
 def test_an_output_path_that_is_a_folder_is_refused(tmp_path):

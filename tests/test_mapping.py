@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from regiondrag.config import ConfigError, EditConfig
 from regiondrag.mapping import (dense_mapping, editable_mask_to_latent, idw_displace, map_masks,
                                 region_to_latent, subsample_pairs)
 from regiondrag.regions import MaskPair, PointPairs, PolygonPair, RegionError, RegionPoints
@@ -240,9 +241,9 @@ def test_subsample_pairs_keeps_a_seeded_subset_in_order():
     rows = [np.flatnonzero((target == t).all(1) & (handle == h).all(1))[0] for h, t in zip(h1, t1)]
     assert rows == sorted(rows)
     np.testing.assert_array_equal(subsample_pairs((handle, target), 1.0)[1], target)
-    for bad in (0.0, -0.5, 1.5):
-        with pytest.raises(RegionError, match="point_fraction"):
-            subsample_pairs((handle, target), bad)
+    for bad in (0.0, -0.5, 1.5):  # the range is EditConfig's to check, once
+        with pytest.raises(ConfigError, match="point_fraction"):
+            EditConfig(point_fraction=bad)
 
 
 # --- degenerate at latent resolution ---------------------------------------------------------

@@ -20,7 +20,8 @@ from regiondrag.copy_paste import PASTE_SCHEDULES, add_handle_noise, paste, past
 from regiondrag.image_io import ImageError
 from regiondrag.mapping import editable_mask_to_latent
 from regiondrag.pipeline import GRIDS, RegionDragPipeline
-from regiondrag.regions import RegionError, regions_from_json
+from regiondrag.apps.region_file import regions_from_json
+from regiondrag.regions import RegionError
 from sampling import alpha_bar, ddim_step
 
 W, H = 64, 48            # the photo; its latent is 8 x 6

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from regiondrag.mapping import dense_mapping
-from regiondrag.preview import draw_preview
+from regiondrag.apps.preview import draw_preview
 from regiondrag.regions import MaskPair, PointPairs, PolygonPair, RegionPoints
 
 
@@ -66,7 +66,7 @@ def deadline(seconds: int):
 
 def test_many_pairs_on_one_target_cell_finish_with_one_arrow():
     """41 pairs onto one cell (the arrow lattice could never thin them below MAX_ARROWS): issue 13."""
-    from regiondrag.preview import MAX_ARROWS, _spread
+    from regiondrag.apps.preview import MAX_ARROWS, _spread
 
     handle = np.stack([np.arange(MAX_ARROWS + 1), np.zeros(MAX_ARROWS + 1, int)], 1)
     with deadline(20):
@@ -84,7 +84,7 @@ def test_preview_of_41_point_pairs_onto_one_point_finishes():
 
 
 def test_spread_keeps_an_even_subset_of_distinct_targets():
-    from regiondrag.preview import MAX_ARROWS, _spread
+    from regiondrag.apps.preview import MAX_ARROWS, _spread
 
     target = np.stack(np.meshgrid(np.arange(30), np.arange(20)), -1).reshape(-1, 2)
     h, t = _spread(target + 1, target, 1)

@@ -17,8 +17,8 @@ from PIL import Image
 from regiondrag.dragbench.reader import latent_mapping, read_meta_data
 from regiondrag.dragbench.unpickle import UnsafePickleError, restricted_load
 from regiondrag.mapping import dense_mapping
-from regiondrag.regions import (KINDS, MaskPair, PointPairs, PolygonPair, RegionError, RegionPoints,
-                                regions_from_json, regions_to_json)
+from regiondrag.apps.region_file import regions_from_json, regions_to_json
+from regiondrag.regions import KINDS, MaskPair, PointPairs, PolygonPair, RegionError, RegionPoints
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SIZE = (200, 150)  # (W, H) of most tests' image
@@ -56,8 +56,7 @@ def test_every_kind_parses_into_its_dataclass(tmp_path):
 
 
 def test_the_documented_example_parses(tmp_path):
-    import regiondrag.regions as regions
-    doc = regions.__doc__
+    doc = region_file.__doc__
     doc = json.loads(doc[doc.index('{"pairs"'):doc.index("\n    ]}") + 7])
     for name in ("cup_handle.png", "cat_eye.png"):
         Image.fromarray(np.pad(np.full((412, 412), 255, np.uint8), 50)).save(tmp_path / name)
@@ -341,7 +340,9 @@ def test_bad_dragbench_fields(tmp_path, meta, expected):
 # --- hostile and oversized inputs (issue 13) ------------------------------------------------------
 
 from regiondrag import regions as R  # noqa: E402
-from regiondrag.regions import check_edit_inputs, mask_files, read_region_file  # noqa: E402
+from regiondrag.apps import region_file  # noqa: E402
+from regiondrag.apps.region_file import mask_files, read_region_file  # noqa: E402
+from regiondrag.regions import check_edit_inputs  # noqa: E402
 
 
 def points_doc(n=1, **extra):
@@ -381,7 +382,7 @@ def test_points_within_the_caps_parse():
 @pytest.mark.parametrize("content, fragment", [
     (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\xff\xfe", "is not UTF-8 text"),
     (b"[" * 100_000, "nests JSON values too deeply"),
-    (b'{"pairs": [' + b"1," * (R.MAX_REGION_FILE_BYTES // 2) + b"1]}", "more than a region file holds"),
+    (b'{"pairs": [' + b"1," * (region_file.MAX_REGION_FILE_BYTES // 2) + b"1]}", "more than a region file holds"),
 ])
 def test_files_that_are_not_region_files(tmp_path, content, fragment):
     path = tmp_path / "r.json"

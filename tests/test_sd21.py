@@ -18,9 +18,9 @@ from test_weights import assert_same_tensors, to_original_unet, to_original_vae
 from transformers import CLIPTextConfig, CLIPTextModel
 
 import weights
-from regiondrag.cli import main
+from regiondrag.apps.cli import main
 from regiondrag.pipeline import RegionDragPipeline
-from regiondrag.regions import regions_from_json
+from regiondrag.apps.region_file import regions_from_json
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CHELSEA, CHELSEA_REGIONS = EXAMPLES / "chelsea.png", EXAMPLES / "chelsea.json"

@@ -12,6 +12,7 @@ from test_model_parity import assert_close, unet_inputs
 
 import weights
 from models import UNet, UNetConfig
+from models.backbones import backbone_of
 from models.text_encoder import SDXLTextEncoder
 from models.unet import Conditioning
 
@@ -91,7 +92,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def test_tiny_sdxl_edit_end_to_end(tiny_sdxl_folder):
     from regiondrag.pipeline import RegionDragPipeline
-    from regiondrag.regions import regions_from_json
+    from regiondrag.apps.region_file import regions_from_json
 
     pipe = RegionDragPipeline.from_pretrained(str(tiny_sdxl_folder), device="cpu", dtype=torch.float32)
     assert pipe.backbone == "sdxl" and pipe.vae.scaling_factor == 0.13025  # from vae/config.json
@@ -124,7 +125,7 @@ def test_another_vae_from_its_own_folder_replaces_the_pipelines(tiny_sdxl_folder
 
 
 def test_cli_edit_runs_on_a_tiny_sdxl(tiny_sdxl_folder, tmp_path, capsys):
-    from regiondrag.cli import main
+    from regiondrag.apps.cli import main
 
     out = tmp_path / "edited.png"
     code = main([str(a) for a in ("edit", "--image", EXAMPLES / "chelsea.png", "--regions", EXAMPLES / "chelsea.json",
@@ -218,7 +219,7 @@ def test_sdxl_single_file_loads_like_the_diffusers_folder(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, path)
 
     ours = weights.load_unet(path)  # config inferred: SDXL's structure, text_time 1280 + 6 x 256
-    assert ours.cfg == weights.load_unet(folder).cfg and weights.backbone_of(ours.cfg) == "sdxl"
+    assert ours.cfg == weights.load_unet(folder).cfg and backbone_of(ours.cfg) == "sdxl"
     x, t, cond = unet_inputs(ours.cfg, size=8)
     with torch.no_grad():
         expected = unet(x, t, encoder_hidden_states=cond.context,

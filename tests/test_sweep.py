@@ -152,7 +152,7 @@ def test_attention_swap_is_swept_by_its_fields(tmp_path):
                                  "and EditConfig's steps"),
     ({"grid": {"start_t": [0.5]}, "settings": [{"seed": 1}]}, "give either 'grid'"),
     ({"grid": {"start_t": []}}, "'grid' must map each parameter to a non-empty list"),
-    ({"grid": {"steps": ["ten"]}}, "setting steps must be a int, got 'ten'"),
+    ({"grid": {"steps": ["ten"]}}, "steps='ten' must be a number"),
     ({"grid": {"method": ["sde"]}}, "unknown method 'sde'"),
     ({"settings": [{"name": "x", "seed": 1}, {"name": "x", "seed": 2}]}, "two settings share a name"),
     ({"grid": {"seed": [1]}, "sweep": 1}, "found \\['sweep'\\]"),

@@ -20,9 +20,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from regiondrag import ui
+from regiondrag.apps import ui
 from regiondrag.attention_swap import AttentionSwap
-from regiondrag.cli import main as cli_main
+from regiondrag.apps.cli import main as cli_main
 from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.regions import MaskPair, PointPairs, PolygonPair, RegionPoints
 

@@ -16,6 +16,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import weights
 from models import UNetConfig, VAEConfig
+from models.backbones import BACKBONES
 from weights import WeightsError, WeightsNotFoundError
 from weights.fetch import main as fetch_main
 
@@ -436,6 +437,6 @@ def test_vae_only_hub_repo_and_sdxl_hub_id_resolve(tiny_sdxl_folder, offline_cac
     root) loads as a VAE; the SDXL hub id fetches and loads both text encoders."""
     fake_hub_snapshot(offline_cache, "someone/sdxl-vae-fp16-fix", tiny_sdxl_folder / "vae")
     assert weights.load_vae("someone/sdxl-vae-fp16-fix").scaling_factor == 0.13025
-    fake_hub_snapshot(offline_cache, weights.HUB_IDS["sdxl"], tiny_sdxl_folder)
-    encoder = weights.load_text_encoder(weights.HUB_IDS["sdxl"])
+    fake_hub_snapshot(offline_cache, BACKBONES["sdxl"].hub_id, tiny_sdxl_folder)
+    encoder = weights.load_text_encoder(BACKBONES["sdxl"].hub_id)
     assert encoder.width == TINY_CLIP["hidden_size"] + TINY_CLIP_2["hidden_size"]

@@ -16,13 +16,14 @@ from typing import Optional, Sequence
 
 from huggingface_hub import constants, snapshot_download
 
+from models.backbones import BACKBONES
+
 from .errors import WeightsNotFoundError
 from .files import WEIGHT_SUFFIXES, PathLike
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD1.5, the reference's base model
-SD21_MODEL = "stabilityai/stable-diffusion-2-1"            # SD2.1 (768-v), the reference's v2-1
-SDXL_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"     # SDXL base, the reference's xl
-SDXL_MODELS = {SDXL_MODEL}  # hub ids whose text encoders include text_encoder_2/
+DEFAULT_MODEL = BACKBONES["sd15"].hub_id  # SD1.5, the reference's base model
+# hub ids whose text encoders include text_encoder_2/ (SDXL)
+TWO_TEXT_ENCODER_MODELS = {b.hub_id for b in BACKBONES.values() if len(b.text_encoders) == 2}
 ALIASES = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}  # the original repo, since taken down
 FETCH_COMMAND = "python -m weights.fetch"
 LOCAL_WEIGHTS = "`--weights PATH` (a diffusers folder or a .safetensors/.ckpt file)"
@@ -48,7 +49,7 @@ def text_components(src: PathLike) -> tuple[str, ...]:
     """The components a text encoder needs: SDXL's second encoder too for a folder that has one or a
     known SDXL hub id (other SDXL repos: fetch with --components, then pass the snapshot folder)."""
     path = Path(src).expanduser()
-    xl = (path / "text_encoder_2").is_dir() if path.exists() else ALIASES.get(str(src), str(src)) in SDXL_MODELS
+    xl = (path / "text_encoder_2").is_dir() if path.exists() else ALIASES.get(str(src), str(src)) in TWO_TEXT_ENCODER_MODELS
     return ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if xl else ("text_encoder", "tokenizer")
 
 
@@ -70,7 +71,7 @@ def needed_files(components: Sequence[str], variant: Optional[str] = None) -> li
     return [f.format(v=v) for c in components for f in COMPONENT_FILES[c]]
 
 
-def _offline() -> bool:
+def offline() -> bool:
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it again so a later setting counts
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
@@ -103,7 +104,7 @@ def fetch_files(model_id: str, files: Sequence[str], *, fetch_option: str = "", 
     folder = _cached(model_id, files)
     if folder is not None:
         return folder
-    if _offline():
+    if offline():
         raise not_found(files, "not in the weights cache, and the hub is offline (HF_HUB_OFFLINE)")
     try:
         folder = Path(snapshot_download(model_id, allow_patterns=list(files), cache_dir=cache_dir()))

@@ -24,6 +24,7 @@ from torch import Tensor
 from transformers import CLIPVisionModelWithProjection
 
 from models.attention import CrossAttention
+from models.backbones import BACKBONES
 from models.image_encoder import ImageEncoder, clip_image_processor
 from models.resampler import Resampler, ResamplerConfig
 from models.unet import UNet
@@ -36,9 +37,9 @@ IP_ADAPTER_REPO = "h94/IP-Adapter"
 # The reference loads `models/ip-adapter-plus_sd15.bin` (region_utils/cycle_sde.py); the repo holds
 # the same weights as .safetensors too, which loads without unpickling. For SDXL the Plus adapter
 # that takes CLIP ViT-H patch features (the reference loads the plain `ip-adapter_sdxl.bin`, whose
-# projection expects a pooled embedding, and feeds it patch features). SD2.x has none.
-IP_ADAPTER_FILES = {"sd15": "models/ip-adapter-plus_sd15.safetensors",
-                    "sdxl": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"}
+# projection expects a pooled embedding, and feeds it patch features). SD2.x has none. Per backbone:
+# models.backbones.
+IP_ADAPTER_FILES = {name: b.ip_adapter_file for name, b in BACKBONES.items() if b.ip_adapter_file}
 IP_ADAPTER_FILE = IP_ADAPTER_FILES["sd15"]
 IMAGE_ENCODER_FOLDER = "image_encoder"  # beside the adapter file: diffusers' `load_ip_adapter` default
 # both adapters take CLIP ViT-H/14 (2.5 GB), which lives in models/ (sdxl_models/image_encoder is ViT-bigG)

@@ -22,12 +22,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from models.text_encoder import SDXLTextEncoder, TextEncoder
 from models.unet import UNet, UNetConfig
+from models.backbones import BACKBONES
 from models.vae import AutoencoderKL, VAEConfig
 
 from . import diffusers_layout, original_layout
 from .errors import WeightsNotFoundError
 from .files import Checkpoint, PathLike, check_state_dict, raise_on_mismatch
-from .backbones import HUB_IDS
 from .hub import DEFAULT_MODEL, MODEL_ID, resolve, text_components
 
 Device = Union[str, torch.device]
@@ -142,7 +142,7 @@ def load_text_encoder(src: PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.
     if path.is_dir():
         tokenizer_src = path if tokenizer is None else tokenizer
     else:
-        tokenizer_src = tokenizer or HUB_IDS[original_layout.backbone_of_file(path)]
+        tokenizer_src = tokenizer or BACKBONES[original_layout.backbone_of_file(path)].hub_id
     encoders = [TextEncoder(_clip_text_model(ckpt, cfg or ckpt.config, dtype, device, cls),
                             _tokenizer(tokenizer_src, component), skip_last_layers)
                 for ckpt, cfg, cls, component in zip(ckpts, configs, (CLIPTextModel, CLIPTextModelWithProjection),

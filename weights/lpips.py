@@ -22,7 +22,7 @@ from models.lpips import CHANNELS, LPIPS, AlexNet
 
 from .files import PathLike, check_state_dict, read_state_dict
 from .errors import WeightsError
-from .hub import _offline, cache_dir
+from .hub import offline, cache_dir
 
 # torchvision's AlexNet_Weights.IMAGENET1K_V1; the name's suffix is the sha256's first 8 hex digits
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
@@ -43,7 +43,7 @@ def fetch_alexnet(dest: Optional[PathLike] = None) -> Path:
     dest = Path(dest) if dest is not None else cache_dir() / ALEXNET_URL.rsplit("/", 1)[1]
     if dest.is_file():
         return dest
-    if _offline():  # HF_HUB_OFFLINE means no network for any weights, not only the hub's
+    if offline():  # HF_HUB_OFFLINE means no network for any weights, not only the hub's
         raise WeightsError(f"AlexNet for LPIPS is not at {dest}, and HF_HUB_OFFLINE is set; put "
                            f"{ALEXNET_URL.rsplit('/', 1)[1]} there, or unset HF_HUB_OFFLINE")
     dest.parent.mkdir(parents=True, exist_ok=True)

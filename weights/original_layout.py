@@ -24,7 +24,7 @@ from transformers import CLIPTextConfig
 from models.unet import UNetConfig
 from models.vae import VAEConfig
 
-from .backbones import CONTEXT_DIMS, backbone_of
+from models.backbones import BACKBONES, backbone_of
 from .errors import WeightsError
 from .files import Checkpoint, read_state_dict, tensor_names
 from .keys import DEPRECATED_VAE_ATTENTION, Rule, rename_parts, rename_prefix, strip_prefix
@@ -36,7 +36,7 @@ OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD2.x's OpenCLIP text tower: fus
 SDXL_TEXT_PREFIXES = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")
 TEXT_PREFIXES = {"sd15": (TEXT_PREFIX,), "sd21": (OPEN_CLIP_PREFIX,), "sdxl": SDXL_TEXT_PREFIXES}
 
-SD2_CONTEXT_DIM = CONTEXT_DIMS["sd21"]  # OpenCLIP ViT-H width; SD1.x's CLIP ViT-L is 768
+SD2_CONTEXT_DIM = BACKBONES["sd21"].context_dim  # OpenCLIP ViT-H width; SD1.x's CLIP ViT-L is 768
 SD1_HEADS = 8           # SD1.x: 8 heads at every level (head width varies)
 SD2_HEAD_DIM = 64       # SD2.x and SDXL: 64-wide heads (SD2: 5, 10, 20, 20; SDXL: 5, 10, 20)
 SD_NORM_GROUPS = 32
@@ -130,7 +130,7 @@ def _indices(state: dict[str, Tensor], pattern: str) -> list[int]:
 
 
 def backbone_of_file(path: Path) -> str:
-    """"sd15" | "sd21" | "sdxl" from the file's UNet tensors (see weights.backbones), reading two at most."""
+    """"sd15" | "sd21" | "sdxl" from the file's UNet tensors (see models.backbones), reading two at most."""
     names = set(tensor_names(path))
     proj = f"{UNET_PREFIX}middle_block.1.proj_in.weight"
     if proj not in names:
@@ -192,8 +192,8 @@ def infer_unet_config(state: dict[str, Tensor], pooled_text_dim: int | None = No
         addition_time_embed_dim=time_dim,
         pooled_text_dim=pooled,
     )
-    if context_dim != CONTEXT_DIMS[backbone_of(cfg)]:
-        raise ValueError(f"context width {context_dim} is not {backbone_of(cfg)}'s {CONTEXT_DIMS[backbone_of(cfg)]}")
+    if context_dim != BACKBONES[backbone_of(cfg)].context_dim:
+        raise ValueError(f"context width {context_dim} is not {backbone_of(cfg)}'s {BACKBONES[backbone_of(cfg)].context_dim}")
     return cfg
 
 
@@ -247,7 +247,7 @@ def read_vae(path: Path, config=None) -> Checkpoint:
     # the file does not store its latent scale: SDXL's VAE has its own (the backbone shows in the UNet;
     # a file without one, a VAE alone, takes SD's)
     xl = any(k.startswith(f"{UNET_PREFIX}label_emb.") for k in tensor_names(path))
-    scale = (VAEConfig.sdxl() if xl else VAEConfig.sd15()).scaling_factor
+    scale = BACKBONES["sdxl" if xl else "sd15"].vae.scaling_factor
     return Checkpoint(state, _infer(path, "VAE", lambda s: infer_vae_config(s, scale), state, config), path)
 
 

@@ -238,7 +238,7 @@ def subset_folder(root: PathLike, subset: str) -> Path:
     folder = root if root.name == SUBSETS[subset] else root / SUBSETS[subset]
     if not folder.is_dir():
         raise DatasetError(f"no {SUBSETS[subset]}/ folder in {root}; fetch the data there "
-                           f"(python -m weights.fetch --dragbench) or choose the subsets it has")
+                           f"(python -m regiondrag.dragbench.fetch) or choose the subsets it has")
     return folder
 
 

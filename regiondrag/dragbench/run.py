@@ -16,7 +16,7 @@ follows the reference evaluation (RegionDrag run_eval.py, region_utils/evaluator
 The reference draws DIFT's noise from the global RNG after each edit; we seed a generator
 per sample instead, so a score does not depend on which samples ran before it.
 
-Work order: per sample, the settings whose inversions agree (`inversion_key`) run one after
+Work order: per sample, the settings whose inversions agree (`EditConfig.inversion`) run one after
 another, so the pipeline's cached inversion serves them all; an edit's time is still that of
 a standalone edit (the shared inversion's time is added back).
 
@@ -46,9 +46,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..attention_swap import AttentionSwap
 from ..config import REFERENCE, EditConfig
-from ..image_io import ImageError, PathLike, load_image, save_image_atomic, working_size
+from ..apps.outputs import save_image_atomic
+from ..image_io import ImageError, PathLike, load_image, working_size
 from ..pipeline import DTYPES, METHODS, SEED, RegionDragPipeline, default_device_dtype
 from ..regions import DEFAULT_POINT_RADIUS, RegionError
 from . import distributed
@@ -189,32 +189,23 @@ class Setting:
 
     def replace(self, **overrides: Any) -> "Setting":
         """This setting with fields replaced by name: its own (name, annotation, point_radius, weights)
-        and EditConfig's (attention_swap also as a dict of AttentionSwap's fields, lists for its sets)."""
-        own = {"name": "", "annotation": AUTO, "point_radius": DEFAULT_POINT_RADIUS, "weights": ""}
-        config = {f.name: getattr(REFERENCE, f.name) for f in dataclasses.fields(EditConfig)}
-        unknown = sorted(set(overrides) - set(own) - set(config))
+        and EditConfig's settings (EditConfig.with_settings: attention_swap also as a dict of AttentionSwap's
+        fields, swap_layers, swap_steps)."""
+        own = {"name": str, "annotation": str, "point_radius": (int, float), "weights": str}
+        unknown = sorted(set(overrides) - set(own) - set(EditConfig.setting_names()))
         if unknown:
             raise EvaluationError(f"unknown setting {', '.join(unknown)}; the settings are annotation, "
-                                  f"point_radius, weights and EditConfig's {', '.join(config)}")
-        swap = overrides.get("attention_swap")
-        if isinstance(swap, dict):
-            try:
-                overrides["attention_swap"] = AttentionSwap(**{k: frozenset(v) if isinstance(v, list) else v
-                                                               for k, v in swap.items()})
-            except TypeError:
-                keys = ", ".join(f.name for f in dataclasses.fields(AttentionSwap))
-                raise EvaluationError(f"attention_swap {swap} may only have the keys {keys}") from None
-        for name, value in overrides.items():  # values as typed as the defaults (numbers from a file: int or float)
-            default = {**own, **config}[name]
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                overrides[name] = float(value)
-            elif value is not None and type(value) is not type(default):
-                raise EvaluationError(f"setting {name} must be a {type(default).__name__}, got {value!r}")
+                                  f"point_radius, weights and EditConfig's {', '.join(EditConfig.setting_names())}")
+        for name, kind in own.items():
+            value = overrides.get(name)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise EvaluationError(f"setting {name} must be a {getattr(kind, '__name__', 'number')}, got {value!r}")
         try:
-            return dataclasses.replace(self, config=self.config.replace(**{k: v for k, v in overrides.items()
-                                                                           if k in config}),
-                                       **{k: v for k, v in overrides.items() if k in own})
-        except ValueError as e:  # EditConfig's checks
+            config = self.config.with_settings({k: v for k, v in overrides.items() if k not in own})
+            if isinstance(overrides.get("point_radius"), int):
+                overrides["point_radius"] = float(overrides["point_radius"])
+            return dataclasses.replace(self, config=config, **{k: v for k, v in overrides.items() if k in own})
+        except ValueError as e:  # EditConfig's checks (a ConfigError), or the annotation's
             raise EvaluationError(str(e)) from None
 
 
@@ -223,18 +214,8 @@ def config_as_json(config: EditConfig) -> dict:
     def plain(value):
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return sorted(value) if isinstance(value, frozenset) else value
+        return sorted(value, key=lambda v: (isinstance(v, str), v)) if isinstance(value, frozenset) else value
     return plain(config)
-
-
-_ANY_PHOTO = Image.new("RGB", (1, 1))  # stands in for a sample's photo: the same within a sample
-
-
-def inversion_key(config: EditConfig) -> tuple:
-    """What of a config an inversion depends on: two edits of one sample whose keys agree can share
-    it. The pipeline's own cache key for any one photo and prompt, plus max_side, which sets the
-    photo it inverts."""
-    return RegionDragPipeline.inversion_key(_ANY_PHOTO, "", config), config.max_side
 
 
 # -- one sample --------------------------------------------------------------------------------
@@ -362,7 +343,7 @@ def work_groups(samples: Sequence[Sample], settings: Sequence[Setting]) -> list[
     for sample in samples:
         by_inversion: dict[tuple, list] = {}
         for setting in settings:
-            by_inversion.setdefault((setting.weights, inversion_key(setting.config)), []).append((sample, setting))
+            by_inversion.setdefault((setting.weights, setting.config.inversion), []).append((sample, setting))
         groups += by_inversion.values()
     return groups
 

@@ -17,13 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from .config import REFERENCE, ConfigError, EditConfig
-from .copy_paste import PASTE_SCHEDULES
-from .dragbench.reader import DatasetError, read_meta_data, region_mapping
-from .image_io import ImageError, check_output_path, load_image, load_mask, save_image_atomic, working_size
-from .mapping import dense_mapping, latent_size_of
+from ..config import REFERENCE, ConfigError, EditConfig
+from ..copy_paste import PASTE_SCHEDULES
+from ..dragbench.reader import DatasetError, read_meta_data, region_mapping
+from ..image_io import ImageError, load_image, load_mask, working_size
+from ..mapping import dense_mapping, latent_size_of
+from ..regions import RegionError, check_edit_inputs
+from .outputs import check_output_path, save_image_atomic
 from .preview import draw_preview
-from .regions import RegionError, check_edit_inputs, mask_files, read_region_file, regions_from_json
+from .region_file import mask_files, read_region_file, regions_from_json
 
 __version__ = "0.1.0"  # setup.cfg reads it from here
 
@@ -89,10 +91,11 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.backbones import BACKBONES
     from weights.hub import DEFAULT_MODEL
 
-    from .config import GRIDS, METHODS
-    from .pipeline import DTYPES, WORKING_SIZES
+    from ..config import GRIDS, METHODS
+    from ..pipeline import DTYPES
 
     parser = _Parser(prog="python -m regiondrag", description=__doc__, epilog=REGION_FORMAT, formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "else not black, may change (default: the whole photo)")
     e.add_argument("--weights", help=f"SD weights: diffusers folder, single-file checkpoint, or hub id "
                                      f"(default: --model's hub id, SD1.5: {DEFAULT_MODEL})")
-    e.add_argument("--model", choices=WORKING_SIZES, default="sd15",
+    e.add_argument("--model", choices=BACKBONES, default="sd15",
                    help="backbone whose hub weights are the default; with --weights, the backbone is the weights' own")
     e.add_argument("--vae", metavar="SRC",
                    help="another VAE (folder, file or hub id), e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16 "
@@ -129,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--grid", choices=GRIDS, help=f"(default: {REFERENCE.grid})")
     e.add_argument("--paste-schedule", choices=PASTE_SCHEDULES, help=f"(default: {REFERENCE.paste_schedule})")
     e.add_argument("--no-attention-swap", action="store_true", help="ablation: plain self-attention")
+    e.add_argument("--swap-layers", metavar="LAYERS",
+                   help='ablation: swap K/V only in these self-attention layers: comma-separated indices, names '
+                        'or patterns, e.g. "up.*" (the decoder) or "mid.*,up.1.*"; names in the README (default: all)')
     e.add_argument("--point-fraction", type=float, help=f"ablation: keep this fraction of pairs, in (0, 1] "
                                                         f"(default: {REFERENCE.point_fraction})")
     e.add_argument("--preview-out", type=_path, help="with --method cp_then_encode: also save its copy-pasted preview here (default: not saved)")
@@ -141,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Help)
     u.add_argument("--weights", help=f"SD weights, as for edit; a local folder works offline "
                                      f"(default: --model's hub id, SD1.5: {DEFAULT_MODEL})")
-    u.add_argument("--model", choices=WORKING_SIZES, default="sd15", help="backbone whose hub weights are the default (default: sd15)")
+    u.add_argument("--model", choices=BACKBONES, default="sd15", help="backbone whose hub weights are the default (default: sd15)")
     u.add_argument("--vae", metavar="SRC", help="another VAE, as for edit (default: the weights' own)")
     u.add_argument("--ip-adapter", help="IP-Adapter-Plus source, as for edit (default: none)")
     u.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
@@ -153,22 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# EditConfig fields set by a flag of the same name; a flag not given keeps REFERENCE's value
+# EditConfig settings (EditConfig.with_settings) set by a flag of the same name; a flag not given keeps the base's
 CONFIG_FLAGS = ("steps", "start_t", "end_t", "noise_scale", "seed", "method", "ip_scale", "grid", "paste_schedule",
-                "point_fraction", "max_side")
+                "point_fraction", "max_side", "swap_layers")
+FLAG_OF = {"attention_swap.layers": "--swap-layers", "attention_swap": "--no-attention-swap"}
 
 
 def edit_config(args: argparse.Namespace, base: EditConfig = REFERENCE) -> EditConfig:
     """The EditConfig the flags describe over `base` (the backbone's defaults); a setting out of range is a
     UsageError naming its flag."""
-    from .attention_swap import AttentionSwap
-
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name, None) is not None}
+    if getattr(args, "no_attention_swap", False):
+        given["attention_swap"] = False
     try:
-        return base.replace(**given, attention_swap=AttentionSwap(enabled=not getattr(args, "no_attention_swap",
-                                                                                              False)))
+        return base.with_settings(given)
     except ConfigError as e:
-        raise UsageError(f"--{e.field.replace('_', '-')}: {e}") from None
+        raise UsageError(f"{FLAG_OF.get(e.field, '--' + e.field.replace('_', '-'))}: {e}") from None
 
 
 def _check_edit_flags(args: argparse.Namespace, config: EditConfig) -> None:
@@ -249,7 +255,7 @@ def run_preview(args: argparse.Namespace) -> Path:
 
 
 def run_edit(args: argparse.Namespace) -> Path:
-    from .pipeline import DTYPES, RegionDragPipeline, backbone_config
+    from ..pipeline import DTYPES, RegionDragPipeline, backbone_config
 
     args.config = edit_config(args, backbone_config(args.model))
     _check_edit_flags(args, args.config)
@@ -299,7 +305,7 @@ def run_ui(args: argparse.Namespace) -> None:
         from . import ui
     except ImportError as e:
         raise UsageError(f"the browser editor needs gradio ({e}); install it with pip install -e '.[ui]'") from None
-    from .pipeline import DTYPES, RegionDragPipeline
+    from ..pipeline import DTYPES, RegionDragPipeline
 
     pipe = RegionDragPipeline.from_pretrained(args.weights, model=args.model, vae=args.vae, ip_adapter=args.ip_adapter,
                                               device=args.device, dtype=DTYPES.get(args.dtype))

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .mapping import LatentSize, Mapping, latent_size_of
-from .regions import MaskPair, PointPairs, PolygonPair, Region, RegionPoints, rasterise_polygon
+from ..mapping import LatentSize, Mapping, latent_size_of
+from ..regions import MaskPair, PointPairs, PolygonPair, Region, RegionPoints, rasterise_polygon
 
 HANDLE_RGB = (235, 45, 45)
 TARGET_RGB = (40, 110, 255)

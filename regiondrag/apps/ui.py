@@ -28,14 +28,16 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from .copy_paste import PASTE_SCHEDULES
-from .image_io import MAX_SIDE, ImageError, load_image, save_image_atomic, working_size
-from .mapping import dense_mapping, latent_size_of
-from .config import METHODS, ConfigError, EditConfig
-from .pipeline import RegionDragPipeline
+from ..config import METHODS, ConfigError, EditConfig
+from ..copy_paste import PASTE_SCHEDULES
+from ..image_io import MAX_SIDE, ImageError, load_image, working_size
+from ..mapping import dense_mapping, latent_size_of
+from ..pipeline import RegionDragPipeline
+from ..regions import (DEFAULT_POINT_RADIUS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region, RegionError,
+                       RegionPoints)
+from .outputs import save_image_atomic
 from .preview import HANDLE_RGB, TARGET_RGB, draw_preview
-from .regions import (DEFAULT_POINT_RADIUS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region, RegionError,
-                      RegionPoints, regions_from_json, regions_to_json)
+from .region_file import regions_from_json, regions_to_json
 
 # Photos whose long side exceeds twice the working size (and 1024 px) are resized on upload: the model
 # sees the working size anyway, and a canvas of a 4000 px photo is slow to draw on and to send back.
@@ -384,16 +386,11 @@ def import_regions(session: Session, files: Optional[list]) -> tuple[Session, st
 
 # -- drag: the model ------------------------------------------------------------------------------
 
-def edit_config(base: EditConfig, steps, start_t, noise_scale, seed, method, ip_scale, paste_schedule,
-                attention_swap, max_side: int) -> EditConfig:
-    """The page's settings over the pipeline's defaults, built here only; out of range: one line."""
-    from .attention_swap import AttentionSwap
-
+def edit_config(base: EditConfig, **controls) -> EditConfig:
+    """The page's controls (named as EditConfig's settings) over the pipeline's defaults; out of range: one line."""
     try:
-        return base.replace(steps=int(steps), start_t=float(start_t), noise_scale=float(noise_scale), seed=int(seed),
-                            method=method, ip_scale=float(ip_scale), paste_schedule=paste_schedule,
-                            attention_swap=AttentionSwap(enabled=bool(attention_swap)), max_side=max_side)
-    except (ConfigError, TypeError, ValueError, OverflowError) as e:  # int()/float() of an empty box too
+        return base.with_settings(controls)
+    except ConfigError as e:
         raise UIError(f"settings: {e}") from None
 
 
@@ -438,8 +435,9 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
         if not session.pairs:
             raise UIError("no pairs to drag: draw a handle and a target, press Add pair, then Drag")
         mask = editor_mask(mask_value, photo, "editable area")
-        config = edit_config(pipe.config, steps, start_t, noise_scale, seed, method, ip_scale, paste_schedule,
-                             attention_swap, session.max_side)
+        config = edit_config(pipe.config, steps=steps, start_t=start_t, noise_scale=noise_scale, seed=seed,
+                             method=method, ip_scale=ip_scale, paste_schedule=paste_schedule,
+                             attention_swap=bool(attention_swap), max_side=session.max_side)
         cached, clock = pipe.cached_inversion(), time.perf_counter()
         result = run_edit(pipe, photo, session.pairs, prompt or "", mask if mask.any() else None, config)
         seconds = time.perf_counter() - clock
