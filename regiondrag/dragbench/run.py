@@ -46,6 +46,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from models.backbones import BACKBONES
+
 from ..config import REFERENCE, EditConfig
 from ..apps.outputs import save_image_atomic
 from ..image_io import ImageError, PathLike, load_image, working_size
@@ -63,7 +65,8 @@ METRIC_SCALE = 100  # the paper prints MD and LPIPS x100
 PAPER_SCORES = {"sr": (6.4, 9.9), "dr": (6.6, 9.2)}
 PAPER_SECONDS_PER_EDIT = 1.5  # RegionDrag paper and README ("run time to 1.5 seconds")
 PAPER_ANNOTATION = "region"  # what the paper's numbers were measured with
-DIFT_MODEL = "stabilityai/stable-diffusion-2-1"  # RegionDrag evaluator.py `load_sd`
+# SD2.1, as RegionDrag's evaluator.py `load_sd` and DragDiffusion's dift_sd.py load it (now from its mirror)
+DIFT_MODEL = BACKBONES["sd21"].hub_id
 EDIT_FILE = "dragged_image.png"  # the reference UI's name for a saved edit (region_utils/drag.py `drag`)
 RESULTS_FILE = "results.jsonl"  # a single process's; rank r of a torchrun writes results.rank<r>.jsonl
 SETTINGS_FILE = "settings.json"

