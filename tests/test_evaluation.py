@@ -220,6 +220,32 @@ def test_pretrained_models_load_from_weight_folders(bench, tiny_sd_folder, tmp_p
     torch.testing.assert_close(models.metrics.lpips.net.features[0].weight, alexnet["features.0.weight"])
 
 
+@needs_lpips
+def test_a_failed_alexnet_download_ends_the_evaluation_in_one_line(bench, tiny_sd_folder, tmp_path, capsys, monkeypatch):
+    """No network (and no HF_HUB_OFFLINE): the LPIPS AlexNet fetch fails as a hub download does, with one
+    line naming the file and where to put it; no partial file is left."""
+    import urllib.error
+
+    import weights.lpips
+
+    def unreachable(url, dest):
+        Path(dest).write_bytes(b"half a file")
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("REGIONDRAG_WEIGHTS", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights.lpips, "offline", lambda: False)
+    monkeypatch.setattr(weights.lpips.urllib.request, "urlretrieve", unreachable)
+    argv = ["--data", bench[0], "--weights", tiny_sd_folder, "--dift-weights", tiny_sd_folder, "--ip-adapter", "none",
+            "--device", "cpu", "--quiet", "--save-dir", tmp_path / "eval", "--subset", "sr", "--limit", 1]
+    assert script("evaluate")(list(map(str, argv))) == 2
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err
+    assert line.startswith("error: AlexNet for LPIPS: download failed (URLError: ") and \
+        str(tmp_path / "cache" / ALEXNET_URL.rsplit("/", 1)[1]) in line
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 # ---------------------------------------------------------------- the scripts
 
 def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
