@@ -150,12 +150,12 @@ def tiny_models(scaling_factor=VAEConfig.scaling_factor, **unet_config):
     return unet, AutoencoderKL(VAEConfig.tiny(scaling_factor=scaling_factor)).eval()
 
 
-def test_dift_matches_the_reference_recipe_on_diffusers():
-    """RegionDrag's SDFeaturizer: mode() * scaling, 8 copies, DDIM add_noise at 261, a forward hook
-    on `list(unet.children())[4][1]` (the second up-block, upsampler included), mean over copies."""
-    from diffusers import AutoencoderKL as DAutoencoderKL, DDIMScheduler, UNet2DConditionModel
+@pytest.fixture(scope="module")
+def dift_twins():
+    """(our UNet, our VAE, diffusers' UNet, diffusers' VAE) with the same random weights; three levels, so
+    that the second up-block ends in an upsampler as in SD."""
+    from diffusers import AutoencoderKL as DAutoencoderKL, UNet2DConditionModel
 
-    # three levels, so that the second up-block ends in an upsampler as in SD
     unet, vae = tiny_models(block_channels=(32, 64, 64), attention_levels=(True, True, False), heads=(2, 2, 2))
     d_unet = UNet2DConditionModel(
         sample_size=8, block_out_channels=(32, 64, 64),
@@ -166,53 +166,46 @@ def test_dift_matches_the_reference_recipe_on_diffusers():
     d_vae = DAutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4).eval()
     d_vae.load_state_dict(vae.state_dict())
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return unet, vae, d_unet, d_vae
 
-    dift = DIFT(unet, vae, image_size=64)
+
+@torch.no_grad()
+def reference_features(d_unet, latents, context, generator):
+    """Both references' featurizers after encoding: DDIM add_noise at 261, a forward hook on
+    `list(unet.children())[4][1]` (the second up-block, upsampler included), mean over the copies."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    noisy = scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), torch.tensor(261))
+    hooked = []
+    handle = list(d_unet.children())[4][1].register_forward_hook(lambda m, i, o: hooked.append(o))
+    d_unet(noisy, torch.tensor(261), context.expand(len(latents), -1, -1))
+    handle.remove()
+    return hooked[0].mean(dim=0, keepdim=True)
+
+
+def test_dift_matches_regiondrags_recipe_on_diffusers(dift_twins):
+    """RegionDrag's SDFeaturizer: the image resized (nearest) to the square size, mode() * scaling, 8 copies."""
+    unet, vae, d_unet, d_vae = dift_twins
     image, context = image_to_tensor(random_image(48, 56)), torch.randn(1, 77, 32)
     with torch.no_grad():
         image_64 = F.interpolate(image, size=(64, 64))  # RegionDrag's compute_distance resize (nearest)
-        latents = d_vae.encode(image_64).latent_dist.mode() * vae.scaling_factor
-        latents = latents.expand(8, -1, -1, -1)
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-        noisy = scheduler.add_noise(latents, noise, torch.tensor(261))
-        hooked = []
-        handle = list(d_unet.children())[4][1].register_forward_hook(lambda m, i, o: hooked.append(o))
-        d_unet(noisy, torch.tensor(261), context.expand(8, -1, -1))
-        handle.remove()
-        expected = hooked[0].mean(dim=0, keepdim=True)
-    got = dift(image, context, torch.Generator().manual_seed(0))
+        latents = (d_vae.encode(image_64).latent_dist.mode() * vae.scaling_factor).expand(8, -1, -1, -1)
+    expected = reference_features(d_unet, latents, context, torch.Generator().manual_seed(0))
+    got = DIFT(unet, vae, image_size=64)(image, context, torch.Generator().manual_seed(0))
     assert got.shape == (1, 64, 8, 8)  # latents 8x8, the second up-block's upsampler back to 8x8
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_dift_matches_dragdiffusions_recipe_on_diffusers():
+def test_dift_matches_dragdiffusions_recipe_on_diffusers(dift_twins):
     """DragDiffusion's dift_sd.py: the image at its own size (here 48x56: odd latent levels), repeated 8
-    times, `latent_dist.sample()` per copy, then DDIM add_noise at 261, up_ft_index 1, mean over copies."""
-    from diffusers import AutoencoderKL as DAutoencoderKL, DDIMScheduler, UNet2DConditionModel
-
-    unet, vae = tiny_models(block_channels=(32, 64, 64), attention_levels=(True, True, False), heads=(2, 2, 2))
-    d_unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8, use_linear_projection=True).eval()
-    d_unet.load_state_dict(unet.state_dict())
-    d_vae = DAutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-                           up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4).eval()
-    d_vae.load_state_dict(vae.state_dict())
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
+    times, `latent_dist.sample()` per copy (drawn before the noise, from the same generator)."""
+    unet, vae, d_unet, d_vae = dift_twins
     image, context = image_to_tensor(random_image(48, 56)), torch.randn(1, 77, 32)
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
         latents = d_vae.encode(image.repeat(8, 1, 1, 1)).latent_dist.sample(g) * vae.scaling_factor
-        noisy = scheduler.add_noise(latents, torch.randn(latents.shape, generator=g), torch.tensor(261))
-        hooked = []
-        handle = list(d_unet.children())[4][1].register_forward_hook(lambda m, i, o: hooked.append(o))
-        d_unet(noisy, torch.tensor(261), context.expand(8, -1, -1))
-        handle.remove()
-        expected = hooked[0].mean(dim=0, keepdim=True)
+    expected = reference_features(d_unet, latents, context, g)
     dift = DIFT(unet, vae, image_size=64)
     got = dift(image, context, torch.Generator().manual_seed(0), square=False, sample_posterior=True)
     assert got.shape == (1, 64, 6, 7)
