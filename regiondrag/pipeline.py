@@ -335,6 +335,19 @@ class RegionDragPipeline:
         a[target[:, 1], target[:, 0]] = a[handle[:, 1], handle[:, 0]]
         return Image.fromarray(a)
 
+    @classmethod
+    def copy_paste(cls, image: ImageLike, regions: Optional[Sequence[Region]] = None, mask: Optional[np.ndarray] = None,
+                   *, mapping: Optional[Mapping] = None, config: EditConfig = REFERENCE) -> Image.Image:
+        """What pasting alone achieves, without a model: `preview` at the working size, back at the photo's
+        size with the photo's pixels wherever `mask` forbids change, as `edit` returns its result (DragBench's
+        `copy_paste` baseline)."""
+        photo = load_image(image)
+        work = cls.working_photo(photo, config.max_side)
+        check_edit_inputs(regions, mapping, mask, photo.size, latent_size_of(work.size))
+        mapping = cls.map(regions, mapping, photo.size, work.size, config)
+        preview = cls.preview(work, regions if config.point_fraction == 1 else None, photo.size, mapping)
+        return cls._paste_back(preview, photo, mask)
+
     def encode(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """A sample of the VAE posterior, scaled (the reference samples rather than takes the mean)."""
         mean, logvar = self._vae_finite("encode_moments", images)

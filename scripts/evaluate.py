@@ -1,7 +1,10 @@
-"""Evaluate RegionDrag on DragBench-SR/DR and print the paper's table (MD x100, LPIPS x100, s / edit).
+"""Evaluate RegionDrag on DragBench-SR/DR: a table with the paper's scores (RegionDrag's MD x100, LPIPS
+x100, s / edit, beside the paper's) and the field's (DragDiffusion's MD in pixels, GoodDrag's DAI).
 
     python scripts/evaluate.py --data drag_data --json outputs/evaluate.json
     python scripts/evaluate.py --data drag_data --annotation i4p           # the data as published today
+    python scripts/evaluate.py --data drag_data --baselines                # + identity and copy_paste rows
+    python scripts/evaluate.py --data drag_data --method copy_paste        # a baseline alone
     python scripts/evaluate.py --data drag_data --subset sr --limit 5       # a quick look
     torchrun --nproc-per-node 8 scripts/evaluate.py --data drag_data       # one process per GPU
 
@@ -25,16 +28,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     E.add_model_arguments(parser, default_save_dir="outputs/evaluate")
     E.add_setting_arguments(parser)
+    parser.add_argument("--baselines", action="store_true",
+                        help=f"also score the baselines ({', '.join(E.BASELINES)}): their rows anchor the table")
     parser.add_argument("--json", type=Path, default=None, help="also write settings, summary and per-sample scores")
     args = parser.parse_args(argv)
 
     def body() -> None:
         overrides = E.setting_overrides(args)
-        name = overrides.get("method", E.EVALUATION.method)  # its folder in --save-dir; -annotation if chosen
-        if args.annotation not in (None, E.AUTO):
-            name += f"-{args.annotation}"
-        setting = E.Setting(name).replace(**overrides)
-        run = E.run_from_args(args, [setting])
+        methods = dict.fromkeys([overrides.get("method", E.EVALUATION.method), *(E.BASELINES if args.baselines else ())])
+        suffix = f"-{args.annotation}" if args.annotation not in (None, E.AUTO) else ""
+        # each named by its method (its folder in --save-dir), -annotation if chosen
+        settings = [E.Setting(method + suffix).replace(**{**overrides, "method": method}) for method in methods]
+        run = E.run_from_args(args, settings)
         if run is None:  # another rank than 0 under torchrun: rank 0 reports
             return
         print(E.paper_table(run.summaries))

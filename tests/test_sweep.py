@@ -41,8 +41,9 @@ def test_a_2x2_grid_gives_4_rows_a_csv_and_a_plot_per_parameter_and_reruns_nothi
     out = capsys.readouterr().out
     assert "1 samples x 4 setting(s): edited 4, measured 4, reused 0, skipped 0" in out
     header, _, *rows = table_cells(out)
-    assert header == ["setting", "paste_schedule", "start_t", "benchmark", "annotation", "samples", "MD×100",
-                      "LPIPS×100", "s / edit"]
+    assert header == ["setting", "paste_schedule", "start_t", "benchmark", "annotation", "samples",
+                      "MD×100 (regiondrag)", "LPIPS×100", "MD px (dragdiffusion)", "DAI γ=1", "DAI γ=5", "DAI γ=10",
+                      "DAI γ=20", "s / edit"]
     assert [r[:4] for r in rows] == [["paste_schedule=every_step,start_t=0.5", "every_step", "0.5", "DragBench-SR"],
                                      ["paste_schedule=every_step,start_t=0.3", "every_step", "0.3", "DragBench-SR"],
                                      ["paste_schedule=single_step,start_t=0.5", "single_step", "0.5", "DragBench-SR"],
@@ -129,6 +130,20 @@ def test_the_repos_copy_paste_sweep_is_the_papers_analysis(bench, tmp_path, caps
                                          ["multi-step", "every_step", "DragBench-DR", "region"]]
     assert rows[1][7] != rows[2][7]  # LPIPS: the schedules really edit differently
     assert (tmp_path / "paste_schedule.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_the_repos_baselines_sweep_scores_the_method_beside_its_anchors(bench, tmp_path, capsys):
+    root, _ = bench
+    args = ["--config", str(SWEEPS / "baselines.yaml"), *tiny_args(root, tmp_path, "--subset", "sr", "--limit", 1)]
+    assert script("sweep")(args) == 0
+    header, *rows = read_csv(tmp_path / "sweep.csv")
+    assert [r[:3] for r in rows] == [["encode_then_cp", "encode_then_cp", "DragBench-SR"],
+                                     ["identity", "identity", "DragBench-SR"],
+                                     ["copy_paste", "copy_paste", "DragBench-SR"]]
+    lpips = header.index("LPIPS×100")
+    assert float(rows[1][lpips]) == 0.0 < float(rows[2][lpips])
+    saved = json.loads((tmp_path / E.SETTINGS_FILE).read_text())["settings"]
+    assert (saved["identity"]["baseline"], "baseline" in saved["encode_then_cp"]) == ("identity", False)
 
 
 def test_the_repos_point_fraction_sweep():

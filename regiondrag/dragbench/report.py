@@ -5,7 +5,7 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -21,9 +21,12 @@ def _cell(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(header: Row, rows: Sequence[Row], digits: int = 2) -> str:
-    """A pipe table, floats with `digits` decimals, missing values as n/a."""
-    lines = [[str(h) for h in header]] + [[_cell(v, digits) for v in row] for row in rows]
+def markdown_table(header: Row, rows: Sequence[Row], digits: int = 2,
+                   column_digits: Optional[Mapping[str, int]] = None) -> str:
+    """A pipe table, floats with `digits` decimals (`column_digits`: other numbers per header), missing
+    values as n/a."""
+    places = [(column_digits or {}).get(str(h), digits) for h in header]
+    lines = [[str(h) for h in header]] + [[_cell(v, d) for v, d in zip(row, places)] for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     fmt = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"]

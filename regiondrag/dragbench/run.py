@@ -1,4 +1,5 @@
-"""DragBench-SR/DR evaluation as the paper reports it: edit every sample, then MD and LPIPS (x100).
+"""DragBench-SR/DR evaluation: edit every sample, then score it (metrics.py): Mean Distance under both
+protocols (RegionDrag's, the paper's table, x100; DragDiffusion's, the field's, in pixels), DAI and LPIPS.
 
     models = pretrained_models(ip_adapter=IP_ADAPTER_REPO)
     settings = [Setting("encode_then_cp")]
@@ -6,15 +7,18 @@
     print(paper_table(summarize(store, samples, settings)))
 
 A `Setting` is an EditConfig (the method's settings) and the annotation each sample is edited
-with (reader.ANNOTATIONS; "auto": the region file if there, else i4p, else points). What
-follows the reference evaluation (RegionDrag run_eval.py, region_utils/evaluator.py):
+with (reader.ANNOTATIONS; "auto": the region file if there, else i4p, else points), or one of the
+BASELINES that anchor a table: `identity` (the photo unchanged: LPIPS 0, MD how far the points had
+to move) and `copy_paste` (the pixel copy-paste preview, no diffusion). What follows the reference
+evaluation (RegionDrag run_eval.py, region_utils/evaluator.py):
 - with the region annotation, the edit reads the region file (prompt, editable mask, dense
   pairs); every edit is at the photo's own size (`EVALUATION`);
 - Mean Distance uses the point file (sparse handle/target clicks and its prompt), DIFT
   features of SD2.1; LPIPS (AlexNet) compares the original photo and the edit;
-- a subset's score is the mean over its samples, printed x100 in the paper.
-The reference draws DIFT's noise from the global RNG after each edit; we seed a generator
-per sample instead, so a score does not depend on which samples ran before it.
+- a subset's score is the mean over its samples (DragDiffusion's MD: over all its points), the
+  paper's MD and LPIPS printed x100.
+The references draw DIFT's noise from the global RNG after each edit; we seed a generator per
+sample and protocol instead, so a score does not depend on which samples ran before it.
 
 Work order: per sample, the settings whose inversions agree (`EditConfig.inversion`) run one after
 another, so the pipeline's cached inversion serves them all; an edit's time is still that of
@@ -46,24 +50,31 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from models.backbones import BACKBONES
+
 from ..config import REFERENCE, EditConfig
 from ..apps.outputs import save_image_atomic
 from ..image_io import ImageError, PathLike, load_image, working_size
 from ..pipeline import DTYPES, METHODS, SEED, RegionDragPipeline, default_device_dtype
 from ..regions import DEFAULT_POINT_RADIUS, RegionError
 from . import distributed
-from .metrics import DIFT, lpips_distance, mean_distance
+from .metrics import DAI_RADII, DIFT, DRAGDIFFUSION, REGIONDRAG, dai, lpips_distance, point_distances
 from .reader import (ANNOTATION_CHOICES, ANNOTATIONS, AUTO, SUBSET_TITLES, SUBSETS, DatasetError, Sample,
                      find_samples)
 from .report import markdown_table, write_text_atomic
 
 
 METRIC_SCALE = 100  # the paper prints MD and LPIPS x100
+# a sample's record keys of the two Mean Distances ("md": RegionDrag's, as results files have always had it)
+MD_KEYS = {"md": REGIONDRAG, "md_dragdiffusion": DRAGDIFFUSION}
+SCORE_KEYS = {*MD_KEYS, "dai", "lpips"}  # a sample with all of them is measured
+BASELINES = ("identity", "copy_paste")  # the photo unchanged; the pixel copy-paste preview alone
 # RegionDrag paper (ECCV 2024), Table 1: RegionDrag's (MD x100, LPIPS x100) per benchmark
 PAPER_SCORES = {"sr": (6.4, 9.9), "dr": (6.6, 9.2)}
 PAPER_SECONDS_PER_EDIT = 1.5  # RegionDrag paper and README ("run time to 1.5 seconds")
 PAPER_ANNOTATION = "region"  # what the paper's numbers were measured with
-DIFT_MODEL = "stabilityai/stable-diffusion-2-1"  # RegionDrag evaluator.py `load_sd`
+# SD2.1, as RegionDrag's evaluator.py `load_sd` and DragDiffusion's dift_sd.py load it (now from its mirror)
+DIFT_MODEL = BACKBONES["sd21"].hub_id
 EDIT_FILE = "dragged_image.png"  # the reference UI's name for a saved edit (region_utils/drag.py `drag`)
 RESULTS_FILE = "results.jsonl"  # a single process's; rank r of a torchrun writes results.rank<r>.jsonl
 SETTINGS_FILE = "settings.json"
@@ -177,6 +188,7 @@ class Setting:
     annotation: str = AUTO                      # one of reader.ANNOTATION_CHOICES
     point_radius: float = DEFAULT_POINT_RADIUS  # the points annotation's disk radius (pixels)
     weights: Optional[str] = None               # SD weights as --weights takes them; None: the run's --weights
+    baseline: Optional[str] = None              # one of BASELINES instead of the method (given as its `method`)
 
     def __post_init__(self):
         if self.annotation not in ANNOTATION_CHOICES:
@@ -184,13 +196,15 @@ class Setting:
                                   f"{', '.join(ANNOTATION_CHOICES)}")
 
     def as_json(self) -> dict:
+        """Its fields as JSON; `baseline` only when set, so that save folders of earlier runs still match."""
         return {"config": config_as_json(self.config), "annotation": self.annotation,
-                "point_radius": self.point_radius, "weights": self.weights}
+                "point_radius": self.point_radius, "weights": self.weights,
+                **({"baseline": self.baseline} if self.baseline else {})}
 
     def replace(self, **overrides: Any) -> "Setting":
         """This setting with fields replaced by name: its own (name, annotation, point_radius, weights)
         and EditConfig's settings (EditConfig.with_settings: attention_swap also as a dict of AttentionSwap's
-        fields, swap_layers, swap_steps)."""
+        fields, swap_layers, swap_steps); `method` may also name one of the BASELINES."""
         own = {"name": str, "annotation": str, "point_radius": (int, float), "weights": str}
         unknown = sorted(set(overrides) - set(own) - set(EditConfig.setting_names()))
         if unknown:
@@ -200,11 +214,15 @@ class Setting:
             value = overrides.get(name)
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
                 raise EvaluationError(f"setting {name} must be a {getattr(kind, '__name__', 'number')}, got {value!r}")
+        baseline = self.baseline if "method" not in overrides else None
+        if overrides.get("method") in BASELINES:
+            baseline = overrides.pop("method")
         try:
             config = self.config.with_settings({k: v for k, v in overrides.items() if k not in own})
             if isinstance(overrides.get("point_radius"), int):
                 overrides["point_radius"] = float(overrides["point_radius"])
-            return dataclasses.replace(self, config=config, **{k: v for k, v in overrides.items() if k in own})
+            return dataclasses.replace(self, config=config, baseline=baseline,
+                                       **{k: v for k, v in overrides.items() if k in own})
         except ValueError as e:  # EditConfig's checks (a ConfigError), or the annotation's
             raise EvaluationError(str(e)) from None
 
@@ -238,7 +256,7 @@ class Editor:
 
     def __call__(self, sample: Sample, setting: Setting, annotation: str) -> tuple[Image.Image, dict]:
         """(edited photo, {"edit_s", "inversion_s", "shared_inversion"}) of one sample under one setting:
-        edit_s counts the inversion (inversion_s of it) even when it was shared.
+        edit_s counts the inversion (inversion_s of it) even when it was shared (a baseline: edit_s only).
 
         By default the photo is edited at its own size, as the reference, floored to multiples
         of 8 (where the reference's VAE would pad instead) with the dense pairs scaled to match.
@@ -248,6 +266,10 @@ class Editor:
         config = setting.config.replace(max_side=side)
         inputs = drag.edit_arguments(photo.size, working_size(*photo.size, side))
         clock = time.perf_counter()
+        if setting.baseline is not None:  # no model: the photo as it is, or the copy-paste alone
+            image = photo if setting.baseline == "identity" else \
+                RegionDragPipeline.copy_paste(photo, mask=drag.mask, config=config, **inputs)
+            return image, {"edit_s": time.perf_counter() - clock}
         result = self.pipeline(setting.weights).edit(photo, prompt=drag.prompt, mask=drag.mask, config=config,
                                                      progress=False, **inputs)
         seconds = time.perf_counter() - clock  # decoding to a PIL image has synchronised the device
@@ -258,14 +280,22 @@ class Editor:
                               "inversion_s": self._inversion_s, "shared_inversion": shared}
 
 
-def measure_sample(metrics: Metrics, sample: Sample, edited: PathLike) -> dict[str, float]:
-    """Raw (not x100) Mean Distance on the point file's clicks and LPIPS of original vs edit."""
+def measure_sample(metrics: Metrics, sample: Sample, edited: PathLike) -> dict:
+    """Every score of original vs edit, raw (not x100), on the point file's clicks: each Mean Distance
+    (MD_KEYS; per protocol its per-sample mean, or its per-point distances when a benchmark pools them),
+    DAI per radius and LPIPS. Each protocol's DIFT noise comes from its own generator, seeded alike."""
     # np.array copies: torch.from_numpy warns on the read-only view np.asarray gives of a PIL image
     original, result = np.array(sample.image()), np.array(load_image(edited))
     points = sample.point_meta()
-    generator = torch.Generator(metrics.device).manual_seed(SEED)
-    md = mean_distance(original, result, points.handle, points.target, points.prompt, metrics.dift, generator)
-    return {"md": md, "lpips": lpips_distance(original, result, metrics.lpips)}
+    scores: dict[str, Any] = {}
+    for key, protocol in MD_KEYS.items():
+        generator = torch.Generator(metrics.device).manual_seed(SEED)
+        distances = point_distances(original, result, points.handle, points.target, points.prompt, metrics.dift,
+                                    protocol, generator)
+        scores[key] = distances.tolist() if protocol.pooled else distances.mean().item()
+    scores["dai"] = {str(r): v for r, v in dai(original, result, points.handle, points.target).items()}
+    scores["lpips"] = lpips_distance(original, result, metrics.lpips)
+    return scores
 
 
 # -- a whole run -------------------------------------------------------------------------------
@@ -337,13 +367,14 @@ def edit_path(save_dir: PathLike, setting: Setting, annotation: str, sample: Sam
 
 def work_groups(samples: Sequence[Sample], settings: Sequence[Setting]) -> list[list[tuple[Sample, Setting]]]:
     """The (sample, setting) work, per sample one group for each inversion its settings share
-    (same backbone, same inversion_key), in the order of first appearance: the unit a rank
-    takes, run in one go."""
+    (same backbone, same inversion_key; a baseline alone), in the order of first appearance: the unit
+    a rank takes, run in one go."""
     groups = []
     for sample in samples:
         by_inversion: dict[tuple, list] = {}
         for setting in settings:
-            by_inversion.setdefault((setting.weights, setting.config.inversion), []).append((sample, setting))
+            key = ("baseline", setting.baseline) if setting.baseline else (setting.weights, setting.config.inversion)
+            by_inversion.setdefault(key, []).append((sample, setting))
         groups += by_inversion.values()
     return groups
 
@@ -379,7 +410,7 @@ def evaluate(samples: Sequence[Sample], settings: Sequence[Setting], save_dir: P
             bar.set_postfix_str(f"{setting.name} {sample.key}", refresh=False)
             try:
                 annotation = sample.annotation(setting.annotation)
-                if {"md", "lpips"} <= set(store.get(setting.name, annotation, sample.key)):
+                if SCORE_KEYS <= set(store.get(setting.name, annotation, sample.key)):
                     counts.reused += 1
                 else:
                     path = edit_path(save_dir, setting, annotation, sample)
@@ -403,46 +434,62 @@ class Summary:
     subset: str
     annotation: str           # the annotation(s) its samples were edited with, e.g. "i4p"
     samples: int              # samples scored (a skipped one is not)
-    md: Optional[float]       # mean Mean Distance x100; None without samples
+    md: Optional[float]       # RegionDrag's Mean Distance x100 (mean of per-sample means); None without samples
     lpips: Optional[float]    # mean LPIPS x100
+    md_dragdiffusion: Optional[float]  # DragDiffusion's Mean Distance in pixels (mean over all points)
+    dai: dict[int, Optional[float]]    # mean DAI per patch radius
     seconds: Optional[float]  # median seconds per edit (robust to the first edit's warm-up); None if unknown
 
 
-def _mean(values: list[float]) -> Optional[float]:
-    return METRIC_SCALE * statistics.fmean(values) if values else None
+def _mean(values: list[float], scale: float = 1.0) -> Optional[float]:
+    return scale * statistics.fmean(values) if values else None
+
+
+def md_score(key: str, records: Sequence[dict]) -> Optional[float]:
+    """A benchmark's Mean Distance under MD_KEYS[key]'s protocol, x its scale: the mean of the per-sample
+    means, or of all points of all samples when the protocol pools them."""
+    protocol = MD_KEYS[key]
+    values = [d for r in records for d in r[key]] if protocol.pooled else [r[key] for r in records]
+    return _mean(values, protocol.scale)
 
 
 def summarize(store: ResultStore, samples: Sequence[Sample], settings: Sequence[Setting]) -> list[Summary]:
-    """Per setting and subset (in the samples' order): the paper's numbers over the scored samples."""
+    """Per setting and subset (in the samples' order): every score over the scored samples."""
     out = []
     for setting in settings:
         for subset in dict.fromkeys(s.subset for s in samples):
             mine = [(s, s.annotation(setting.annotation)) for s in samples if s.subset == subset]
-            records = [r for r in (store.get(setting.name, a, s.key) for s, a in mine) if {"md", "lpips"} <= set(r)]
+            records = [r for r in (store.get(setting.name, a, s.key) for s, a in mine) if SCORE_KEYS <= set(r)]
             times = [r["edit_s"] for r in records if "edit_s" in r]
             used = {a for _, a in mine}
             out.append(Summary(setting.name, subset, "+".join(a for a in ANNOTATIONS if a in used), len(records),
-                               _mean([r["md"] for r in records]), _mean([r["lpips"] for r in records]),
+                               md_score("md", records), _mean([r["lpips"] for r in records], METRIC_SCALE),
+                               md_score("md_dragdiffusion", records),
+                               {k: _mean([r["dai"][str(k)] for r in records]) for k in DAI_RADII},
                                statistics.median(times) if times else None))
     return out
 
 
-SUMMARY_HEADER = ["benchmark", "annotation", "samples", "MD×100", "LPIPS×100", "s / edit"]
+# the scores' columns, each marked with its protocol and unit; DAI (~0.01 - 0.5) with 3 decimals
+SCORE_HEADER = [REGIONDRAG.label, "LPIPS×100", DRAGDIFFUSION.label, *(f"DAI γ={r}" for r in DAI_RADII)]
+SUMMARY_HEADER = ["benchmark", "annotation", "samples", *SCORE_HEADER, "s / edit"]
+COLUMN_DIGITS = {f"DAI γ={r}": 3 for r in DAI_RADII}
 
 
 def summary_row(s: Summary) -> list:
-    return [SUBSET_TITLES[s.subset], s.annotation, s.samples, s.md, s.lpips, s.seconds]
+    return [SUBSET_TITLES[s.subset], s.annotation, s.samples, s.md, s.lpips, s.md_dragdiffusion,
+            *(s.dai[r] for r in DAI_RADII), s.seconds]
 
 
 def paper_table(summaries: Sequence[Summary]) -> str:
-    """Ours beside the paper's RegionDrag row (measured with the region annotation), one line per
-    subset (and setting, when several)."""
+    """Ours beside the paper's RegionDrag row (measured with the region annotation and RegionDrag's
+    protocol), one line per subset (and setting, when several)."""
     several = len({s.setting for s in summaries}) > 1
     header = (["setting"] if several else []) + SUMMARY_HEADER + ["paper MD×100", "paper LPIPS×100",
                                                                   "paper s / edit"]
     rows = [([s.setting] if several else []) + summary_row(s) + [*PAPER_SCORES[s.subset], PAPER_SECONDS_PER_EDIT]
             for s in summaries]
-    return markdown_table(header, rows)
+    return markdown_table(header, rows, column_digits=COLUMN_DIGITS)
 
 
 def annotation_report(samples: Sequence[Sample], settings: Sequence[Setting]) -> str:
@@ -476,7 +523,10 @@ def write_results_json(path: PathLike, run: Run) -> Path:
         "setup": run.models.setup, "settings": {s.name: s.as_json() for s in run.settings},
         "summary": [asdict(s) for s in run.summaries],
         "paper": {"scores_x100": PAPER_SCORES, "seconds_per_edit": PAPER_SECONDS_PER_EDIT,
-                  "annotation": PAPER_ANNOTATION},
+                  "annotation": PAPER_ANNOTATION, "protocol": REGIONDRAG.name},
+        "units": {"md": REGIONDRAG.label, "lpips": "LPIPS×100", "md_dragdiffusion": DRAGDIFFUSION.label,
+                  "dai": "GoodDrag's DAI per patch radius, images in [0, 1]",
+                  "samples": "raw per sample: md a fraction of the size, md_dragdiffusion per point in pixels"},
         "samples": [r for s in run.settings for sample in run.samples
                     if (r := run.store.get(s.name, sample.annotation(s.annotation), sample.key))],
         "failed": run.counts.failed})
@@ -527,7 +577,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_save_dir: Optio
 
 def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     """The settings a command line may give (`setting_overrides`); without them, the evaluation's."""
-    parser.add_argument("--method", choices=METHODS, default=None, help=f"default {EVALUATION.method}")
+    parser.add_argument("--method", choices=(*METHODS, *BASELINES), default=None,
+                        help=f"default {EVALUATION.method}; the baselines: identity (the photo unchanged), "
+                             "copy_paste (the pixel copy-paste preview, no diffusion)")
     parser.add_argument("--annotation", choices=ANNOTATION_CHOICES, default=None,
                         help="which annotation each sample is edited with: region (meta_data_region.pkl, the "
                              "paper's), i4p (meta_data_i4p.pkl, as published today), points (meta_data.pkl's "

