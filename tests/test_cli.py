@@ -142,7 +142,7 @@ def test_bad_region_file_is_a_one_line_error(capsys, tmp_path, command, case):
 def test_missing_region_file(capsys, tmp_path):
     code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", tmp_path / "nope.json",
                          "--out", tmp_path / "out.png")
-    assert_one_line_error(code, out, err, "cannot read region file", "nope.json")
+    assert_one_line_error(code, out, err, "region file not found", "nope.json")
 
 
 @pytest.mark.parametrize("command", ["edit", "preview"])

@@ -137,7 +137,7 @@ def test_missing_file_says_not_found(tmp_path):
 
 
 def test_directory_is_not_an_image(tmp_path):
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(ImageError, match="is a folder, not a regular file"):
         load_image(tmp_path)
 
 

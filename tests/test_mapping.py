@@ -184,7 +184,7 @@ def test_regions_built_in_code_accept_lists_and_uint8_masks():
     b = dense_mapping([RegionPoints(mask > 0, np.array([[60.0, 60.0]]), np.array([[100.0, 60.0]])),
                        PointPairs(np.array([[60.0, 60.0]]), np.array([[100.0, 60.0]]))], SIZE)
     np.testing.assert_array_equal(a[0], b[0])
-    with pytest.raises(RegionError, match="handle must be an array of numbers"):
+    with pytest.raises(RegionError, match="handle must be an array of real numbers"):
         PointPairs([[1, 2], [3]], [[1, 2]])
 
 

@@ -240,7 +240,7 @@ def _read_inputs(args: argparse.Namespace, outputs: list[Optional[Path]]):
     else:
         regions, mapping, prompt, mask = regions_from_json(doc, photo.size, args.regions.parent), None, None, None
     if mask_path is not None:
-        mask = load_mask(mask_path, "--mask file")
+        mask = load_mask(mask_path, "--mask")
     check_edit_inputs(regions, mapping, mask, photo.size, latent_size_of(work_size))
     return photo, regions, mapping, prompt, mask
 
