@@ -44,6 +44,8 @@ from typing import Any, Iterable, Optional
 import numpy as np
 from PIL import Image
 
+from ..config import ConfigError, check_prompt
+from ..files import read_bounded
 from ..image_io import LATENT_STRIDE, PathLike, load_image, working_size
 from ..mapping import LatentSize, Mapping, dense_mapping, drop_out_of_bounds, latent_size_of
 from ..regions import DEFAULT_POINT_RADIUS, PointPairs, Region, RegionError, RegionPoints
@@ -77,12 +79,10 @@ class DragBenchMeta:
 
 def load_pickle(path: Path) -> Any:
     """A DragBench pickle's contents, through the restricted unpickler; a RegionError if unreadable."""
+    data = read_bounded(path, MAX_PICKLE_BYTES, "DragBench metadata", RegionError, "a metadata file holds")
     try:
-        if path.stat().st_size > MAX_PICKLE_BYTES:  # refused before it is read into memory
-            raise UnsafePickleError(f"{path.stat().st_size} bytes is more than a metadata file holds "
-                                    f"(at most {MAX_PICKLE_BYTES} are read)")
-        return restricted_load(path.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        return restricted_load(data)
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
         raise RegionError(f"cannot read DragBench metadata {path}: {e}") from None
 
 
@@ -95,6 +95,10 @@ def read_meta_data(path: PathLike) -> DragBenchMeta:
         raise RegionError(f"{path}: expected a dict with keys 'prompt', 'points', 'mask'; found {found}")
     if not isinstance(meta["prompt"], str):
         raise RegionError(f"{path}: 'prompt' must be a string, got {type(meta['prompt']).__name__}")
+    try:
+        check_prompt(meta["prompt"])
+    except ConfigError as e:
+        raise RegionError(f"{path}: {e}") from None
     try:
         points = np.asarray(meta["points"], np.float64)  # (2N, 2)
         paired = points.ndim == 2 and points.shape[1] == 2 and len(points) % 2 == 0 and len(points) > 0
@@ -115,6 +119,11 @@ def read_meta_data(path: PathLike) -> DragBenchMeta:
                           f"{mask.dtype} of shape {mask.shape}")
     if not mask.any():
         raise RegionError(f"{path}: 'mask' is empty (no editable pixel); mark where the edit may change the photo")
+    off = ~((points >= 0) & (points <= mask.shape[::-1])).all(1)  # the edge itself: a click rounded up to it
+    if off.any():
+        i = int(np.argmax(off))
+        raise RegionError(f"{path}: point {i} ({points[i, 0]:g}, {points[i, 1]:g}) lies off the "
+                          f"{mask.shape[1]}x{mask.shape[0]} photo its mask belongs to; points are its pixels")
     return DragBenchMeta(meta["prompt"], mask != 0, points[0::2], points[1::2])
 
 
