@@ -46,7 +46,7 @@ from PIL import Image
 
 from ..config import ConfigError, check_prompt
 from ..files import read_bounded
-from ..image_io import LATENT_STRIDE, PathLike, load_image, working_size
+from ..image_io import LATENT_STRIDE, MAX_IMAGE_PIXELS, PathLike, load_image, working_size
 from ..mapping import LatentSize, Mapping, dense_mapping, drop_out_of_bounds, latent_size_of
 from ..regions import DEFAULT_POINT_RADIUS, PointPairs, Region, RegionError, RegionPoints
 from .unpickle import MAX_PICKLE_BYTES, UnsafePickleError, restricted_load
@@ -107,9 +107,13 @@ def read_meta_data(path: PathLike) -> DragBenchMeta:
     if not paired:
         raise RegionError(f"{path}: 'points' must be a non-empty list of (x, y) points, handle and "
                           f"target alternating; got {meta['points']!r:.80}")
-    if not np.isfinite(points).all():
-        raise RegionError(f"{path}: 'points' must be finite pixel coordinates; point "
-                          f"{int(np.argmin(np.isfinite(points).all(1)))} is not")
+    # Pairs off the latent grid are dropped (as the reference does); a point farther out than any photo's
+    # side (MAX_IMAGE_PIXELS: a photo one pixel tall) is a broken file, not a pair to drop.
+    bad = ~(np.isfinite(points) & (np.abs(points) <= MAX_IMAGE_PIXELS)).all(1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RegionError(f"{path}: 'points' must be pixel coordinates; point {i} ({points[i, 0]:g}, "
+                          f"{points[i, 1]:g}) is not (beyond {MAX_IMAGE_PIXELS} pixels, or not finite)")
     try:
         mask = np.asarray(meta["mask"])
     except (TypeError, ValueError):
@@ -119,11 +123,6 @@ def read_meta_data(path: PathLike) -> DragBenchMeta:
                           f"{mask.dtype} of shape {mask.shape}")
     if not mask.any():
         raise RegionError(f"{path}: 'mask' is empty (no editable pixel); mark where the edit may change the photo")
-    off = ~((points >= 0) & (points <= mask.shape[::-1])).all(1)  # the edge itself: a click rounded up to it
-    if off.any():
-        i = int(np.argmax(off))
-        raise RegionError(f"{path}: point {i} ({points[i, 0]:g}, {points[i, 1]:g}) lies off the "
-                          f"{mask.shape[1]}x{mask.shape[0]} photo its mask belongs to; points are its pixels")
     return DragBenchMeta(meta["prompt"], mask != 0, points[0::2], points[1::2])
 
 
