@@ -28,14 +28,14 @@ def check_output_path(path: PathLike) -> str:
                          f"{Path(text) / 'result.png'}, or drop the slash")
     path = Path(path)
     try:
-        if path.is_dir():
-            raise ImageError(f"output {path} is a folder; give a file name such as {path / 'result.png'}")
         folder = next(p for p in path.absolute().parents if p.exists())
         limit = os.pathconf(folder, "PC_NAME_MAX") - TEMPORARY_NAME_EXTRA
         if len(os.fsencode(path.name)) > limit:
             raise ImageError(f"output file name {path.name[:40]}... is {len(os.fsencode(path.name))} bytes; the "
                              f"file system takes at most {limit} here (with room for the temporary file written "
                              f"first); choose a shorter name")
+        if path.is_dir():
+            raise ImageError(f"output {path} is a folder; give a file name such as {path / 'result.png'}")
         if path.exists() and not path.stat().st_mode & 0o222:
             raise ImageError(f"output {path} exists and is read-only; refusing to replace it: make it writable, "
                              f"or choose another output path")
