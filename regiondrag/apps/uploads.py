@@ -43,8 +43,8 @@ def unpack_import(uploads: Sequence[str], folder: Path) -> Path:
             if upload.suffix.lower() == ".zip":
                 files.update(_zip_members(upload, stack))
             else:
-                files[upload.name] = lambda cap, path=upload: read_bounded(
-                    path, cap, f"upload {path.name}", UploadError, "an import holds")
+                files[upload.name] = lambda cap, path=upload: read_bounded(  # Gradio's cap: the budget's check
+                    path, MAX_UPLOAD_BYTES, f"uploaded file {path.name}", UploadError, "an upload holds")
         found = sorted(name for name in files if name.lower().endswith(".json"))
         if len(found) != 1:
             raise UploadError(f"found {len(found)} .json region files in the import; give exactly one")
