@@ -357,6 +357,19 @@ def test_closing_a_tab_frees_its_session_at_once(server, client):
     assert sessions[client.session_hash].state_data == {}
 
 
+def test_exports_do_not_pile_up_on_the_server(tmp_path, monkeypatch):
+    """Each export left a folder with its zip behind for good; Gradio serves its own copy of it."""
+    monkeypatch.setattr(ui, "EXPORTS", tmp_path / "exports")
+    session = ui.Session(Image.open(CHELSEA).convert("RGB"), [PointPairs(PT_H, PT_T)], MAX_SIDE)
+    first = Path(ui.export_regions(session))
+    assert sorted(zipfile.ZipFile(first).namelist()) == ["photo.png", "regions.json"]
+    second = Path(ui.export_regions(session))
+    assert first.exists() and second.exists()  # a minute for Gradio to copy it
+    monkeypatch.setattr(ui, "EXPORT_KEEP_S", -1)
+    third = Path(ui.export_regions(session))
+    assert list((tmp_path / "exports").iterdir()) == [third.parent]
+
+
 # -- several tabs, one model ----------------------------------------------------------------------------
 
 def test_tabs_keep_their_own_pairs(client, server, tmp_path):

@@ -10,10 +10,12 @@ model is shared by all tabs, one edit at a time (the Drag event's queue has one 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import shutil
 import tempfile
 import time
 import zipfile
@@ -348,13 +350,28 @@ def editor_value(photo: Optional[Image.Image]):
 
 # -- export / import in the CLI's JSON format -------------------------------------------------------
 
+# Gradio copies a returned file into its cache (deleted after CACHE_CLEANUP) as the answer is sent, so
+# an export's own folder is not needed a minute later: each export removes those, and exports do not pile up.
+EXPORTS = Path(tempfile.gettempdir()) / f"regiondrag_exports_{os.getpid()}"
+EXPORT_KEEP_S = 60
+
+
+def _export_folder() -> Path:
+    EXPORTS.mkdir(exist_ok=True)
+    for old in EXPORTS.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # another export removed it first
+            if time.time() - old.stat().st_mtime > EXPORT_KEEP_S:
+                shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=EXPORTS))
+
+
 @shows_errors
 def export_regions(session: Session) -> str:
     """A zip of regions.json (masks as PNGs beside it) and photo.png, for `python -m regiondrag edit`."""
     photo = _need_photo(session)
     if not session.pairs:
         raise UIError("no pairs to export: add a pair first")
-    out = Path(tempfile.mkdtemp(prefix="regiondrag_export_")) / "regiondrag_regions.zip"  # gradio serves it
+    out = _export_folder() / "regiondrag_regions.zip"  # gradio serves it
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         folder = Path(tmp)
         doc = regions_to_json(session.pairs, folder)
