@@ -657,3 +657,41 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert lines == ["error: interrupted (Ctrl-C) while starting; nothing was written"], lines
     assert os.listdir(tmp_path) == []
+
+
+def cuda_out_of_memory():
+    import torch
+
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of "
+                                 "79.1 GiB of which 1.2 GiB is free.")
+
+
+def cpu_allocator_failure():
+    raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def numpy_out_of_memory():
+    np.empty((2**40, 2**20), np.uint8)  # 2^60 bytes: numpy refuses before asking the system
+
+
+@pytest.mark.parametrize("fail, size", [(cuda_out_of_memory, "2.50 GiB"), (cpu_allocator_failure, "3.00 GiB"),
+                                        (numpy_out_of_memory, "1.00 EiB")])
+def test_every_kind_of_allocation_failure_is_the_same_line(capsys, tmp_path, monkeypatch, fail, size):
+    """CUDA's OutOfMemoryError (no GPU here to run out of), torch's CPU allocator, numpy's MemoryError."""
+    from regiondrag.apps import cli
+
+    monkeypatch.setattr(cli, "run_preview", lambda args: fail())
+    code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png")
+    assert_one_line_error(code, out, err, f"out of memory: an allocation of {size} failed", "--max-side")
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(capsys, tmp_path, monkeypatch):
+    from regiondrag.apps import cli
+
+    def buggy_preview(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "run_preview", buggy_preview)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["preview", "--image", str(CHELSEA), "--regions", str(CHELSEA_REGIONS), "--out", str(tmp_path / "o.png")])

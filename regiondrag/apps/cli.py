@@ -81,7 +81,7 @@ def _path(text: str) -> Path:
 
 
 def _path_text(text: str) -> str:
-    """An output path, kept as given: a trailing slash (a folder) must reach check_output_path, Path() drops it."""
+    """A path kept as given: an output's trailing slash (naming a folder) must reach check_output_path."""
     if "\0" in text:
         raise argparse.ArgumentTypeError(f"path {text!r} has a NUL byte")
     return text
@@ -338,7 +338,7 @@ def _out_of_memory(e: BaseException) -> Optional[str]:
     exact = re.search(r"allocate (\d+) bytes", text)  # torch's CPU allocator
     if exact:
         return f"{int(exact.group(1)) / 2**30:.2f} GiB"
-    stated = re.search(r"allocate ([\d.]+ [KMGTP]i?B)", text)  # numpy, CUDA
+    stated = re.search(r"allocate ([\d.]+ [KMGTPE]i?B)", text)  # numpy, CUDA
     return stated.group(1) if stated else "more memory than there is"
 
 
