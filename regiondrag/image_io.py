@@ -3,8 +3,11 @@
 Writing results is an application's: regiondrag.apps.outputs."""
 from __future__ import annotations
 
+import io
 import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import Union
 
@@ -12,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
+
+from .files import read_bounded
 
 PathLike = Union[str, os.PathLike]
 ImageLike = Union[PathLike, Image.Image, np.ndarray]
@@ -28,15 +33,25 @@ LATENT_STRIDE = 8
 # max_side anyway; a bigger file is refused before it is decoded (a decompression bomb
 # declares a huge size in a few bytes).
 MAX_IMAGE_PIXELS = 2**26
+# The most bytes an image file may have: MAX_IMAGE_PIXELS stored uncompressed at 8 bytes a
+# pixel (16-bit RGBA); the whole file is read (at most this plus one byte) before decoding.
+MAX_IMAGE_FILE_BYTES = 2**29
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(ValueError):
     """An input image that cannot be used; the message says why and what to do."""
 
 
+class ImageTooLargeError(ImageError):
+    """A valid image with more pixels (or a file with more bytes) than the caps allow."""
+
+
 def load_image(image: ImageLike) -> Image.Image:
     """Any readable photo as 8-bit RGB, upright as displayed (EXIF orientation applied):
     palette, grey, alpha (onto white), CMYK and 16-bit modes converted."""
+    if not isinstance(image, (str, os.PathLike, Image.Image, np.ndarray)):
+        raise ImageError(f"an image is a file path, a PIL image or a numpy array; got {type(image).__name__}")
     if isinstance(image, np.ndarray):
         image = array_to_pil(image)
     elif not isinstance(image, Image.Image):
@@ -44,13 +59,17 @@ def load_image(image: ImageLike) -> Image.Image:
     _check_size(image, "image")
     try:
         return _to_rgb(image)
+    except ImageError:
+        raise
     except ValueError as e:  # modes PIL reads but cannot convert (LAB, HSV, La ...)
         raise ImageError(f"cannot convert a {image.mode} image to RGB ({e}); save it as an RGB PNG or JPEG") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit grey: rescale to 8 bits
-        a = np.nan_to_num(np.asarray(image, dtype=np.float64), posinf=0, neginf=0)
+        a = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(a).all():  # as for arrays: no value to give a NaN pixel
+            raise ImageError(f"{image.mode} image has NaN or infinite pixels; save it with finite values")
         lo, hi = a.min(), a.max()
         image = Image.fromarray(((a - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8))
     if "A" in image.getbands() or "a" in image.getbands() or (image.mode == "P" and "transparency" in image.info):
@@ -73,35 +92,51 @@ def load_mask(path: PathLike, what: str = "mask") -> np.ndarray:
 
 
 def open_image(path: PathLike, what: str) -> Image.Image:
-    """Decode an image file, refusing sizes above MAX_IMAGE_PIXELS before decoding; upright."""
-    path = Path(path)
-    try:
-        found = path.is_file()
-    except (OSError, ValueError):  # e.g. an embedded NUL byte
-        found = False
-    if not found:
-        raise ImageError(f"{what} not found: {path}")
+    """Decode an image file (a regular file, read whole within MAX_IMAGE_FILE_BYTES), refusing sizes
+    above MAX_IMAGE_PIXELS before decoding and PNGs whose checksums fail; upright."""
+    data = read_bounded(path, MAX_IMAGE_FILE_BYTES, what, ImageError,
+                        f"an image of at most {MAX_IMAGE_PIXELS} pixels takes", too_big=ImageTooLargeError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data))
             _check_size(image, f"{what} {path}")
+            if data.startswith(PNG_SIGNATURE):
+                check_png_checksums(data, f"{what} {path}")
             image.load()
             return ImageOps.exif_transpose(image)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{what} {path} declares more than {MAX_IMAGE_PIXELS} pixels; downscale it") from None
+        raise ImageTooLargeError(f"{what} {path} declares more than {MAX_IMAGE_PIXELS} pixels; downscale it") from None
     except Exception as e:  # noqa: BLE001 - a decoder given a hostile file can raise anything
         raise ImageError(f"cannot read {what} {path} as an image ({type(e).__name__}: {str(e)[:100]}); "
                          f"give a PNG or JPEG file") from None
+
+
+def check_png_checksums(data: bytes, what: str) -> None:
+    """Every chunk's CRC up to IEND. PIL checks those before the pixels but not the pixel data's own
+    (IDAT): a PNG damaged there decodes to garbage without a word. A truncated file is the decoder's."""
+    view, pos = memoryview(data), len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        end = pos + 12 + length  # length, type, data, crc
+        if end > len(data):
+            return
+        kind = bytes(view[pos + 4:pos + 8])
+        if zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            raise ImageError(f"{what} is damaged: the checksum of its {kind.decode('latin-1')!r} chunk at byte {pos} "
+                             f"does not match its data (a broken download or copy?); get the file again")
+        if kind == b"IEND":
+            return
+        pos = end
 
 
 def _check_size(image: Image.Image, what: str) -> None:
     if image.width < 1 or image.height < 1:
         raise ImageError(f"{what} has no pixels ({image.width}x{image.height})")
     if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise ImageError(f"{what} is {image.width}x{image.height}, more than {MAX_IMAGE_PIXELS} pixels; "
+        raise ImageTooLargeError(f"{what} is {image.width}x{image.height}, more than {MAX_IMAGE_PIXELS} pixels; "
                          f"downscale it (the model works at a long side of {MAX_SIDE} by default)")
 
 
@@ -112,7 +147,7 @@ def array_to_pil(a: np.ndarray) -> Image.Image:
         raise ImageError(f"an image array must be numbers of shape (H, W), (H, W, 3) or (H, W, 4); "
                          f"got {a.dtype} of shape {a.shape}")
     if a.size and a.shape[0] * a.shape[1] > MAX_IMAGE_PIXELS:
-        raise ImageError(f"image array of shape {a.shape} has more than {MAX_IMAGE_PIXELS} pixels; downscale it")
+        raise ImageTooLargeError(f"image array of shape {a.shape} has more than {MAX_IMAGE_PIXELS} pixels; downscale it")
     if a.dtype != np.uint8:
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise ImageError("image array has NaN or infinite values")

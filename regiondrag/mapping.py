@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from .image_io import LATENT_STRIDE
-from .regions import (ImageSize, MaskPair, PolygonPair, Region, RegionError,
-                      RegionPoints, pair_context, validate_regions)
+from .regions import (MAX_POINTS, ImageSize, MaskPair, PolygonPair, Region, RegionError, RegionPoints, pair_context,
+                      validate_regions)
 
 EXTENT_EPS = 1e-4  # floor of a target extent before dividing by it (reference: `.clamp(min=1e-4)`)
 IDW_NEIGHBOURS = 4  # control points weighted per position (reference: `indices[:, :min(4, ...)]`)
@@ -39,6 +39,12 @@ IDW_MAX_CONTROLS = 100  # more control points are thinned evenly to this many (r
 # a whole cell; flooring after this nudge keeps them in the cell they mean. The reference
 # truncates without it (float32 `.int()` / `astype(np.int32)`).
 CELL_SNAP = 1e-6
+
+# All pairs of one input together map at most this many times the grid's cells (and at least
+# MAX_POINTS: radius-0 points on a tiny grid). One valid pair maps at most ~36 layers (point pairs
+# covering the photo 16 times over); beyond that the pairs only pile up, while the mapping's
+# memory grows with them (32 bytes a cell, 64x more on the pixel grid of CP then Encode's preview).
+MAX_MAPPED_LAYERS = 64
 
 LatentSize = tuple[int, int]  # (w, h) of the latent grid
 Mapping = tuple[np.ndarray, np.ndarray]  # (handle_xy, target_xy), each (N, 2) int64
@@ -80,13 +86,17 @@ def dense_mapping(regions: list[Region], image_size: ImageSize,
     validate_regions(regions, image_size)
     latent_size = latent_size or latent_size_of(image_size)
     scale = np.array(latent_size, np.float64) / np.array(image_size, np.float64)  # (sx, sy)
-    maps = []
+    maps, mapped, limit = [], 0, max(MAX_MAPPED_LAYERS * latent_size[0] * latent_size[1], MAX_POINTS)
     for i, region in enumerate(regions):
         with pair_context(i, region.kind):
             handle_xy, target_xy = _map_region(region, scale, latent_size)
             if len(target_xy) == 0:
                 raise RegionError("maps no latent cell: its regions are smaller than one latent cell "
                                   f"({LATENT_STRIDE} px) or leave the image; enlarge them")
+        mapped += len(target_xy)
+        if mapped > limit:  # checked as the pairs add up: the memory stays within the limit plus one pair
+            raise RegionError(f"pairs 0 to {i} together map {mapped} cells, more than {MAX_MAPPED_LAYERS} times the "
+                              f"{latent_size[0]}x{latent_size[1]} grid ({limit}); use fewer or smaller pairs")
         maps.append((handle_xy, target_xy))
     return _concatenate(maps)
 

@@ -36,7 +36,8 @@ from models.vae import AutoencoderKL
 from sampling import Grid, Trajectory, denoise, invert, matching_inversion_step, scaled_linear_alphas_cumprod
 
 from .attention_swap import KVStore
-from .config import GRIDS, METHODS, NOISE_SCALE, REFERENCE, SEED, EditConfig  # noqa: F401 (re-exported)
+from .config import (GRIDS, METHODS, NOISE_SCALE, REFERENCE, SEED, EditConfig,  # noqa: F401 (re-exported)
+                     check_prompt)
 from .copy_paste import add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .image_prompt import ImagePrompter
@@ -189,7 +190,7 @@ class RegionDragPipeline:
         """
         config = self.config if config is None else config
         config = config.replace(**settings) if settings else config
-        clock, photo = PhaseClock(self.device), load_image(image)
+        clock, photo, prompt = PhaseClock(self.device), load_image(image), check_prompt(prompt)
         work = self.working_photo(photo, config.max_side)
         check_edit_inputs(regions, mapping, mask, photo.size, latent_size_of(work.size))  # one-line errors, first
         swap = config.resolve_attention_swap(self.unet.self_attention_layer_names())

@@ -16,8 +16,8 @@ mask PNGs) is an application's: regiondrag.apps.region_file.
 - `PointPairs` (our extension of the paper): a disk or square of `radius` pixels around each handle
   point moves, unchanged, to the same shape around its target point.
 
-The caps below (MAX_POINTS, MAX_POLYGON_VERTICES, the radius and coverage limits of point pairs)
-each bound the memory one input can ask for.
+The caps below (MAX_PAIRS, MAX_POINTS, MAX_POLYGON_VERTICES, the radius and coverage limits of point
+pairs) each bound the memory one input can ask for.
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ POINT_SHAPES = ("disk", "square")
 # pixel and its map is singular.
 MIN_POLYGON_AREA = 0.5
 # Caps, each bounding what one input may cost (memory and time grow with them):
+# - pairs in one input (a region file, an edit, a browser tab): a drag by hand uses a handful, and
+#   every pair holds up to two masks of the photo's size;
+MAX_PAIRS = 64
 # - points per list: clicks by hand, or a dense drag of every latent cell of a 512 px photo
 #   (64 x 64); inverse-distance weighting and drawing cost grow with the count;
 MAX_POINTS = 4096
@@ -145,12 +148,17 @@ class PointPairs:
 
 
 def _store_arrays(pair, dtype, *names: str) -> None:
-    """Fields given as array-likes (lists, uint8 masks) are stored as numpy arrays of dtype."""
+    """Fields given as array-likes of real numbers (lists, uint8 masks) are stored as numpy arrays of
+    dtype; anything else (complex numbers, whose imaginary part a cast would drop; strings) is refused."""
     for name in names:
+        value = getattr(pair, name)
         try:
-            object.__setattr__(pair, name, np.asarray(getattr(pair, name), dtype))
-        except (TypeError, ValueError):
-            raise RegionError(f"{name} must be an array of numbers, got {getattr(pair, name)!r:.60}") from None
+            a = np.asarray(value)
+        except (TypeError, ValueError):  # ragged nested lists
+            a = np.empty(0, object)
+        if a.dtype.kind not in "biuf":
+            raise RegionError(f"{name} must be an array of real numbers, got {value!r:.60}")
+        object.__setattr__(pair, name, a.astype(dtype, copy=False))
 
 
 Region = Union[MaskPair, PolygonPair, RegionPoints, PointPairs]
@@ -172,6 +180,9 @@ def validate_regions(regions: Sequence[Region], image_size: ImageSize) -> None:
                           f"{type(regions).__name__}; read a region file with regiondrag.apps.region_file.regions_from_json(path, image.size)")
     if not regions:
         raise RegionError("no region pairs given; give at least one handle -> target pair")
+    if len(regions) > MAX_PAIRS:
+        raise RegionError(f"{len(regions)} region pairs given; at most {MAX_PAIRS} are used together: "
+                          f"merge pairs that move the same way, or edit in several passes")
     for i, region in enumerate(regions):
         if not isinstance(region, tuple(KINDS.values())):
             raise RegionError(f"pair {i} is a {type(region).__name__}; use one of "
@@ -224,7 +235,11 @@ def _check_mapping(mapping, latent_size: tuple[int, int]) -> None:
 
 
 def rasterise_polygon(vertices: np.ndarray, image_size: ImageSize) -> np.ndarray:
-    """Filled polygon (K, 2) (x, y) -> (H, W) bool mask, vertices rounded to whole pixels."""
+    """Filled polygon (K, 2) (x, y) -> (H, W) bool mask, vertices rounded to whole pixels.
+
+    A self-intersecting outline is filled by the even-odd rule (OpenCV's fillPoly): a pixel is
+    inside when a ray from it crosses the outline an odd number of times, so a pentagram's five
+    points are in the region and its centre is not."""
     mask = np.zeros(image_size[::-1], np.uint8)
     cv2.fillPoly(mask, [np.round(vertices).astype(np.int32)], 1)
     return mask.astype(bool)

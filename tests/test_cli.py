@@ -142,7 +142,7 @@ def test_bad_region_file_is_a_one_line_error(capsys, tmp_path, command, case):
 def test_missing_region_file(capsys, tmp_path):
     code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", tmp_path / "nope.json",
                          "--out", tmp_path / "out.png")
-    assert_one_line_error(code, out, err, "cannot read region file", "nope.json")
+    assert_one_line_error(code, out, err, "region file not found", "nope.json")
 
 
 @pytest.mark.parametrize("command", ["edit", "preview"])
@@ -522,3 +522,176 @@ def test_a_signal_during_the_save_leaves_no_file(tmp_path, signum, code, name):
     assert proc.returncode == code, err
     assert err.count("\n") == 1 and err.startswith("error: ") and name in err and "Traceback" not in err, err
     assert os.listdir(out_dir) == []
+
+
+# -- special files, names the file system refuses, memory, interrupts: one line each -------------------
+
+def run_subprocess(*argv, timeout=120, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m regiondrag ...` in a child (a hang or a memory limit must not take the test run along)."""
+    return subprocess.run([sys.executable, "-m", "regiondrag", *map(str, argv)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def assert_one_line_exit(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    err = proc.stderr.splitlines()[-1] if proc.stderr else ""
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert err.startswith("error: ") and all(f in err for f in fragments), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_a_region_file_of_dev_zero_is_refused_not_read(tmp_path, link):
+    """/dev/zero says it has 0 bytes and never ends: it was read to a MemoryError (or a DragBench pickle linked to it)."""
+    regions = "/dev/zero"
+    if link:
+        regions = tmp_path / "meta_data_region.pkl"
+        regions.symlink_to("/dev/zero")
+    proc = run_subprocess("edit", "--image", CHELSEA, "--regions", regions, "--out", tmp_path / "p.png", *NEVER_LOADED,
+                          timeout=60)
+    assert_one_line_exit(proc, 2, "is a character device, not a regular file")
+    assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("which", ["--image", "--mask", "mask file"])
+def test_a_fifo_input_is_named_as_one(capsys, tmp_path, which):
+    """A FIFO was reported as "not found" (and --mask's message read "--mask file file not found")."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    image, mask, regions = CHELSEA, [], CHELSEA_REGIONS
+    if which == "--image":
+        image = fifo
+    elif which == "--mask":
+        mask = ["--mask", fifo]
+    else:
+        regions = write_regions(tmp_path, {"pairs": [{"kind": "masks", "handle": "pipe.png",
+                                                      "target": {"polygon": [[10, 10], [60, 10], [60, 60]]}}]})
+    code, out, err = run(capsys, "edit", "--image", image, "--regions", regions, *mask, "--out", tmp_path / "o.png",
+                         *NEVER_LOADED)
+    assert_one_line_error(code, out, err, "pipe.png is a FIFO (named pipe), not a regular file")
+    assert "file file" not in err
+
+
+def test_a_mask_path_with_a_nul_byte_is_one_line(capsys, tmp_path):
+    regions = write_regions(tmp_path, {"pairs": [{"kind": "masks", "handle": "a\0b.png", "target": "c.png"}]})
+    code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", regions, "--out", tmp_path / "o.png")
+    assert_one_line_error(code, out, err, "pair 0 (masks): handle mask file path", "has a NUL byte")
+
+
+def test_an_output_name_too_long_for_the_file_system_is_one_line(capsys, tmp_path):
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    for length in (name_max + 1, name_max - 4):  # too long itself; too long for its temporary file (+14 bytes)
+        out = tmp_path / ("a" * (length - 4) + ".png")
+        code, stdout, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", out)
+        assert_one_line_error(code, stdout, err, f"is {length} bytes", f"takes at most {name_max - 14} here")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_output_with_a_trailing_slash_is_refused(capsys, tmp_path):
+    """`--out out/res.png/` wrote out/res.png: a slash names a folder, so it is refused, not dropped."""
+    code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS,
+                         "--out", f"{tmp_path}/out/res.png/")
+    assert_one_line_error(code, out, err, "ends with a slash, so it names a folder")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_read_only_output_is_kept(capsys, tmp_path):
+    """An existing read-only --out was replaced and its mode changed to 644."""
+    out = tmp_path / "p.png"
+    out.write_bytes(b"keep me")
+    out.chmod(0o444)
+    code, stdout, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", out)
+    assert_one_line_error(code, stdout, err, "exists and is read-only; refusing to replace it")
+    assert out.read_bytes() == b"keep me" and out.stat().st_mode & 0o777 == 0o444
+    assert os.listdir(tmp_path) == ["p.png"]
+
+
+def test_a_replaced_output_keeps_its_mode(capsys, tmp_path):
+    out = tmp_path / "p.png"
+    out.write_bytes(b"old")
+    out.chmod(0o600)
+    code, _, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", out)
+    assert code == 0, err
+    assert Image.open(out).size == (451, 300) and out.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_prompt_longer_than_the_cap_is_refused_before_the_model(capsys, tmp_path):
+    from regiondrag.config import MAX_PROMPT_CHARS
+
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png",
+                         "--prompt", "a cat " * (MAX_PROMPT_CHARS // 6 + 1), *NEVER_LOADED)
+    assert_one_line_error(code, out, err, "--prompt", f"longer than {MAX_PROMPT_CHARS}")
+
+
+def test_running_out_of_memory_is_one_line_and_leaves_no_output(tmp_path, tiny_sd_folder):
+    """`edit --max-side 4096` where the memory does not suffice (here: a 3 GiB address-space limit) ended in
+    torch's allocator traceback."""
+    import resource
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+    out = tmp_path / "out.png"
+    proc = run_subprocess("edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", out, "--weights",
+                          tiny_sd_folder, "--device", "cpu", "--dtype", "fp32", "--quiet", "--max-side", "4096",
+                          timeout=300, preexec_fn=limit_memory)
+    assert_one_line_exit(proc, 2, "out of memory: an allocation of", "GiB failed", "--max-side", "--dtype fp16",
+                         "--device cuda")
+    assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_while_importing_is_one_line(tmp_path):
+    """Ctrl-C in the seconds `python -m regiondrag` spends importing torch was a KeyboardInterrupt traceback."""
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "regiondrag", "preview", "--image", str(CHELSEA),
+                             "--regions", str(CHELSEA_REGIONS), "--out", str(tmp_path / "p.png")], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stderr:  # -X importtime reports each module as it is imported
+            if "torch" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert lines == ["error: interrupted (Ctrl-C) while starting; nothing was written"], lines
+    assert os.listdir(tmp_path) == []
+
+
+def cuda_out_of_memory():
+    import torch
+
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of "
+                                 "79.1 GiB of which 1.2 GiB is free.")
+
+
+def cpu_allocator_failure():
+    raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def numpy_out_of_memory():
+    np.empty((2**40, 2**20), np.uint8)  # 2^60 bytes: numpy refuses before asking the system
+
+
+@pytest.mark.parametrize("fail, size", [(cuda_out_of_memory, "2.50 GiB"), (cpu_allocator_failure, "3.00 GiB"),
+                                        (numpy_out_of_memory, "1.00 EiB")])
+def test_every_kind_of_allocation_failure_is_the_same_line(capsys, tmp_path, monkeypatch, fail, size):
+    """CUDA's OutOfMemoryError (no GPU here to run out of), torch's CPU allocator, numpy's MemoryError."""
+    from regiondrag.apps import cli
+
+    monkeypatch.setattr(cli, "run_preview", lambda args: fail())
+    code, out, err = run(capsys, "preview", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png")
+    assert_one_line_error(code, out, err, f"out of memory: an allocation of {size} failed", "--max-side")
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(capsys, tmp_path, monkeypatch):
+    from regiondrag.apps import cli
+
+    def buggy_preview(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "run_preview", buggy_preview)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["preview", "--image", str(CHELSEA), "--regions", str(CHELSEA_REGIONS), "--out", str(tmp_path / "o.png")])

@@ -232,3 +232,30 @@ def test_fuzz_mutated_pickles_load_or_are_refused(tmp_path, data):
         read_meta_data(path)
     except RegionError as e:
         assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("x", [1e300, -1e300, 2.0**26 + 1])
+def test_a_point_beyond_any_photo_is_refused(tmp_path, x):
+    """A point at 1e300 was cast to int64 (a numpy warning, garbage) and dropped; one beyond 2^26 px (the
+    longest side any photo read can have) is a broken file. Pairs merely off this photo's grid are dropped."""
+    import warnings
+
+    path = tmp_path / "meta_data_region.pkl"
+    path.write_bytes(pickle.dumps({"prompt": "", "points": [(5, 5), (x, 5)], "mask": np.ones((8, 8), np.uint8)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RegionError, match=r"point 1 \(.*, 5\) is not \(beyond 67108864 pixels"):
+            read_meta_data(path)
+
+
+def test_a_prompt_longer_than_the_cap_is_refused_before_it_is_tokenized(tmp_path):
+    """An 8 MB prompt was read whole and tokenized (2.5 GB, 20 s)."""
+    from regiondrag.config import MAX_PROMPT_CHARS
+
+    path = tmp_path / "meta_data.pkl"
+    doc = {"prompt": "x" * MAX_PROMPT_CHARS, "points": [(1, 2), (3, 4)], "mask": np.ones((8, 8), np.uint8)}
+    path.write_bytes(pickle.dumps(doc))
+    assert len(read_meta_data(path).prompt) == MAX_PROMPT_CHARS
+    path.write_bytes(pickle.dumps({**doc, "prompt": "x" * 8 * 2**20}))
+    with pytest.raises(RegionError, match=f"a prompt of {8 * 2**20} characters is longer than {MAX_PROMPT_CHARS}"):
+        read_meta_data(path)

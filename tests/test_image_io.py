@@ -137,7 +137,7 @@ def test_missing_file_says_not_found(tmp_path):
 
 
 def test_directory_is_not_an_image(tmp_path):
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(ImageError, match="is a folder, not a regular file"):
         load_image(tmp_path)
 
 
@@ -382,3 +382,60 @@ def test_mask_files_read_alpha_if_present_else_luminance(tmp_path, mode):
     expected[2:5, 3:9] = True
     path = _write(tmp_path, "mask.png", _mask_image(mode))
     assert np.array_equal(image_io.load_mask(path), expected)
+
+
+# -- what decoding alone would accept: damaged PNGs, NaN pixels, files over the cap, wrong types ----------
+
+def _png_with_damaged_pixels(tmp_path):
+    """A PNG whose pixel data (IDAT) was changed after its checksum was written: it still decodes."""
+    import struct
+    import zlib
+
+    path = _write(tmp_path, "damaged.png", Image.fromarray(_rgb()))
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    (length,) = struct.unpack(">I", data[start - 8:start - 4])
+    rows = np.frombuffer(zlib.decompress(bytes(data[start:start + length])), np.uint8).reshape(H, -1).copy()
+    rows[: H // 2, 1:] = 0  # the first half of the rows garbled (not their filter bytes)
+    idat = zlib.compress(rows.tobytes())
+    data[start - 8:start + length] = struct.pack(">I", len(idat)) + b"IDAT" + idat  # the old CRC stays
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_png_whose_checksum_fails_is_refused(tmp_path):
+    path = _png_with_damaged_pixels(tmp_path)
+    decoded = np.asarray(Image.open(path).convert("RGB"))  # PIL alone: no word, garbage pixels
+    assert (decoded != _rgb()).any(axis=-1).mean() > 0.4
+    with pytest.raises(ImageError, match=r"damaged.png is damaged: the checksum of its 'IDAT' chunk"):
+        load_image(path)
+    assert load_image(_write(tmp_path, "intact.png", Image.fromarray(_rgb()), compress_level=0)).size == (W, H)
+
+
+def test_a_float_image_with_nan_pixels_is_refused(tmp_path):
+    """An all-NaN "F" image became black."""
+    for values in (np.full((H, W), np.nan, np.float32), np.where(_grey() > 100, np.inf, 1.0).astype(np.float32)):
+        with pytest.raises(ImageError, match="F image has NaN or infinite pixels"):
+            load_image(_write(tmp_path, "f.tiff", Image.fromarray(values, "F")))
+
+
+def test_an_image_file_over_the_byte_cap_is_too_large(tmp_path, monkeypatch):
+    path = _write(tmp_path, "big.png", Image.fromarray(_rgb()))
+    monkeypatch.setattr(image_io, "MAX_IMAGE_FILE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(image_io.ImageTooLargeError, match=f"big.png has more than {path.stat().st_size - 1} bytes"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("value", [None, 5, b"photo.png", bytearray(4), [1, 2]])
+def test_load_image_of_another_type_is_one_line(value):
+    """These raised a bare TypeError from inside pathlib or PIL."""
+    with pytest.raises(ImageError, match=f"an image is a file path, a PIL image or a numpy array; got "
+                                         f"{type(value).__name__}"):
+        load_image(value)
+
+
+def test_load_image_of_a_tensor_is_one_line():
+    import torch
+
+    with pytest.raises(ImageError, match="got Tensor"):
+        load_image(torch.zeros(3, 8, 8))

@@ -1,4 +1,5 @@
 """Dense mapping: known maps reproduced, translation equivariance, bounds, degenerate inputs."""
+import math
 import cv2
 import numpy as np
 import pytest
@@ -184,7 +185,7 @@ def test_regions_built_in_code_accept_lists_and_uint8_masks():
     b = dense_mapping([RegionPoints(mask > 0, np.array([[60.0, 60.0]]), np.array([[100.0, 60.0]])),
                        PointPairs(np.array([[60.0, 60.0]]), np.array([[100.0, 60.0]]))], SIZE)
     np.testing.assert_array_equal(a[0], b[0])
-    with pytest.raises(RegionError, match="handle must be an array of numbers"):
+    with pytest.raises(RegionError, match="handle must be an array of real numbers"):
         PointPairs([[1, 2], [3]], [[1, 2]])
 
 
@@ -341,3 +342,19 @@ def test_random_invalid_regions_give_region_error(case, how, data):
     with pytest.raises(RegionError) as info:
         dense_mapping(regions + [bad], size)
     assert str(info.value).startswith(f"pair {len(regions)} ") and "\n" not in str(info.value)
+
+
+def test_the_pairs_of_one_input_map_at_most_64_layers_of_the_grid():
+    """Pairs each within their caps added up without bound (4096 point pairs: 144 million latent pairs)."""
+    from regiondrag.mapping import MAX_MAPPED_LAYERS
+
+    size, latent = (512, 512), (64, 64)
+    centre = [[256.0, 256.0]] * 16
+    pair = PointPairs(centre, centre, radius=255)  # 16 disks: 16 x 511^2 pixels, within 16 photos' worth
+    one = len(dense_mapping([pair], size, latent)[0])
+    count = math.floor(MAX_MAPPED_LAYERS * latent[0] * latent[1] / one)  # counted here, not by the code
+    assert count == 5  # each pair maps 16 disks of radius ~32 cells: ~12.5 layers of the grid
+    assert len(dense_mapping([pair] * count, size, latent)[0]) == count * one
+    with pytest.raises(RegionError, match=f"pairs 0 to {count} together map {(count + 1) * one} cells, more than "
+                                          f"{MAX_MAPPED_LAYERS} times the 64x64 grid"):
+        dense_mapping([pair] * (count + 1), size, latent)

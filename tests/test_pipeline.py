@@ -425,3 +425,14 @@ def test_bad_arguments_are_refused(pipe):
 def test_an_unknown_setting_is_named_with_the_valid_ones(pipe):
     with pytest.raises(ValueError, match=r"'strat_t' is not a setting; EditConfig has steps, start_t, "):
         pipe.edit(PHOTO, mapping=SHIFT, strat_t=0.7, **FAST)
+
+
+def test_a_prompt_that_is_not_text_or_too_long_is_refused(pipe):
+    from regiondrag.config import MAX_PROMPT_CHARS, ConfigError
+
+    for prompt in (None, 5, b"a cat", ["a cat"]):
+        with pytest.raises(ConfigError, match="prompt=.* must be text"):
+            pipe.edit(PHOTO, mapping=SHIFT, prompt=prompt, **FAST)
+    with pytest.raises(ConfigError, match=f"a prompt of {MAX_PROMPT_CHARS + 1} characters is longer than"):
+        pipe.edit(PHOTO, mapping=SHIFT, prompt="x" * (MAX_PROMPT_CHARS + 1), **FAST)
+    assert pipe.cached_inversion() is None  # refused before any work

@@ -159,7 +159,7 @@ def test_bad_file_contents(tmp_path, text, expected):
 
 
 def test_missing_file_and_non_image_mask(mask_dir):
-    with pytest.raises(RegionError, match="cannot read region file"):
+    with pytest.raises(RegionError, match="region file not found: .*missing.json"):
         regions_from_json(mask_dir / "missing.json", SIZE)
     with pytest.raises(RegionError, match="cannot read target mask file .*text.png"):
         regions_from_json(pair_doc(kind="masks", handle={"polygon": quad()}, target="text.png"), SIZE,
@@ -392,7 +392,7 @@ def test_files_that_are_not_region_files(tmp_path, content, fragment):
 
 
 def test_a_path_with_a_nul_byte_is_a_clear_error():
-    with pytest.raises(RegionError, match="cannot read region file"):
+    with pytest.raises(RegionError, match="region file path .* has a NUL byte"):
         read_region_file("a\0b.json")
 
 
@@ -461,3 +461,73 @@ def test_regions_to_json_is_the_inverse_of_regions_from_json(tmp_path):
         for f in dataclasses.fields(a):
             np.testing.assert_array_equal(np.asarray(getattr(b, f.name)), np.asarray(getattr(a, f.name)),
                                           err_msg=f.name)
+
+
+# --- caps per file (each pair within its caps, the file not), and the fill rule -----------------------
+
+def test_pairs_per_input_are_capped():
+    pair = dict(kind="points", handle=[[10, 10]], target=[[20, 20]])
+    assert len(regions_from_json({"pairs": [pair] * R.MAX_PAIRS}, SIZE)) == R.MAX_PAIRS
+    with pytest.raises(RegionError, match=f"{R.MAX_PAIRS + 1} region pairs given; at most {R.MAX_PAIRS}"):
+        regions_from_json({"pairs": [pair] * (R.MAX_PAIRS + 1)}, SIZE)
+    with pytest.raises(RegionError, match=f"at most {R.MAX_PAIRS} are used"):  # the API: the same cap
+        dense_mapping([PointPairs([[10, 10]], [[20, 20]])] * (R.MAX_PAIRS + 1), SIZE)
+
+
+def test_a_mask_file_named_by_every_pair_is_decoded_once(tmp_path, monkeypatch):
+    """Pairs naming the same two PNGs decoded them again for every pair (4096 pairs: a MemoryError)."""
+    from regiondrag.image_io import load_mask
+
+    blob = np.zeros(SIZE[::-1], np.uint8)
+    blob[20:60, 30:90] = 255
+    Image.fromarray(blob).save(tmp_path / "h.png")
+    Image.fromarray(np.roll(blob, 40, 1)).save(tmp_path / "t.png")
+    decoded = []
+
+    def counting_load_mask(path, what):
+        decoded.append(Path(path).name)
+        return load_mask(path, what)
+
+    monkeypatch.setattr(region_file, "load_mask", counting_load_mask)
+    doc = {"pairs": [{"kind": "masks", "handle": "h.png", "target": "./t.png"}] * R.MAX_PAIRS}
+    regions = regions_from_json(doc, SIZE, base_dir=tmp_path)
+    assert sorted(decoded) == ["h.png", "t.png"]
+    assert all(r.handle.sum() == 40 * 60 and r.target[20, 80] and not r.target[20, 60] for r in regions)
+
+
+def test_the_masks_of_one_file_are_capped_together(tmp_path, monkeypatch):
+    """Distinct mask files (and inline polygons), each the photo's size, add up to MAX_MASK_PIXELS at most."""
+    blob = np.zeros(SIZE[::-1], np.uint8)
+    blob[20:60, 30:90] = 255
+    for i in range(4):
+        Image.fromarray(np.roll(blob, 10 * i, 1)).save(tmp_path / f"m{i}.png")
+    doc = {"pairs": [{"kind": "masks", "handle": "m0.png", "target": "m1.png"},
+                     {"kind": "masks", "handle": "m2.png", "target": {"polygon": quad()}}]}
+    monkeypatch.setattr(region_file, "MAX_MASK_PIXELS", 4 * SIZE[0] * SIZE[1])
+    assert len(regions_from_json(doc, SIZE, base_dir=tmp_path)) == 2
+    doc["pairs"].append({"kind": "region_points", "region": "m3.png", "handle": [[50, 30]], "target": [[60, 30]]})
+    with pytest.raises(RegionError, match=r"pair 2 \(region_points\): region: the region file's masks add up to more "
+                                          rf"than {4 * SIZE[0] * SIZE[1]} pixels"):
+        regions_from_json(doc, SIZE, base_dir=tmp_path)
+
+
+def test_complex_or_text_coordinates_are_refused_not_cast():
+    """Complex polygon vertices lost their imaginary part; strings were parsed as numbers."""
+    with pytest.raises(RegionError, match="handle must be an array of real numbers"):
+        PolygonPair(np.array(tri()) + 1j, tri())
+    with pytest.raises(RegionError, match="target must be an array of real numbers"):
+        PointPairs([[1, 2]], [["3", "4"]])
+    with pytest.raises(RegionError, match="region must be an array of real numbers"):
+        RegionPoints(np.ones(SIZE[::-1], complex), [[1, 2]], [[3, 4]])
+
+
+def test_a_self_intersecting_polygon_is_filled_even_odd():
+    """A pentagram's five points are in the region, its centre is not (documented in region_file)."""
+    angles = np.pi / 2 + np.arange(5) * 4 * np.pi / 5  # every second vertex of a pentagon: a star
+    star = np.stack([100 + 60 * np.cos(angles), 75 - 60 * np.sin(angles)], 1)
+    region, = regions_from_json(pair_doc(kind="masks", handle={"polygon": star.tolist()}, target={"polygon": quad()}),
+                                SIZE)
+    assert not region.handle[75, 100]  # the centre: inside the outline twice
+    tips = np.stack([100 + 50 * np.cos(angles), 75 - 50 * np.sin(angles)], 1).round().astype(int)
+    assert all(region.handle[y, x] for x, y in tips)
+    assert "even-odd rule" in region_file.__doc__

@@ -60,7 +60,7 @@ def server(tiny_sd_folder):
     pipe.edit = counted_edit
     port = free_port()
     app = ui.launch(pipe, "127.0.0.1", port, max_side=MAX_SIDE, block=False)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", pipe=pipe, edit=edit, counts=counts)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", pipe=pipe, edit=edit, counts=counts, app=app)
     app.close()
 
 
@@ -317,6 +317,57 @@ def test_large_photo_is_resized_and_the_user_told(client, tmp_path):
     note = load(client, big)
     assert "much larger than the 128 px the model works at" in note and "resized to 1024x681" in note, note
     assert render(client)[0].shape == (681, 1024, 3)
+
+
+def test_a_photo_with_too_many_pixels_says_so(client, tmp_path):
+    """A valid photo over the pixel cap was reported as "cannot read ... as an image"."""
+    huge = tmp_path / "huge.png"
+    Image.new("1", (9000, 8000)).save(huge)  # 72 MP, a few KB
+    assert_message(lambda: load(client, huge), "huge.png is 9000x8000, more than 67108864 pixels; downscale it")
+
+
+def test_an_upload_over_the_cap_is_refused_with_the_limit(server, client, tmp_path):
+    """Any upload was accepted and stored (100 MB went to the server's temporary folder)."""
+    import httpx
+
+    from regiondrag.apps.uploads import MAX_UPLOAD_BYTES
+
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: no disk here, every byte sent
+    with pytest.raises(ValueError, match=f"exceeds the maximum file size of {MAX_UPLOAD_BYTES} bytes"):
+        load(client, big)  # the page (and gradio_client) read the cap from the server and refuse to send
+    with open(big, "rb") as f:  # a client that sends anyway: the server stops reading at the cap
+        answer = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("big.png", f)}, timeout=60)
+    assert answer.status_code == 413 and f"maximum allowed size of {MAX_UPLOAD_BYTES} bytes" in answer.text
+
+
+def test_closing_a_tab_frees_its_session_at_once(server, client):
+    """A closed tab's photo and pairs stayed in the server's memory for an hour."""
+    import httpx
+
+    load(client)
+    sessions = server.app.state_holder.session_data
+    assert any(isinstance(v, ui.Session) and v.photo is not None for v in sessions[client.session_hash].state_data.values())
+    with httpx.stream("GET", f"{server.url}gradio_api/heartbeat/{client.session_hash}", timeout=30) as beat:
+        next(beat.iter_lines())  # the page's heartbeat is open: the tab is alive ...
+    deadline = time.monotonic() + 30  # ... and closed: the unload event runs in the background
+    while sessions[client.session_hash].state_data and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sessions[client.session_hash].state_data == {}
+
+
+def test_exports_do_not_pile_up_on_the_server(tmp_path, monkeypatch):
+    """Each export left a folder with its zip behind for good; Gradio serves its own copy of it."""
+    monkeypatch.setattr(ui, "EXPORTS", tmp_path / "exports")
+    session = ui.Session(Image.open(CHELSEA).convert("RGB"), [PointPairs(PT_H, PT_T)], MAX_SIDE)
+    first = Path(ui.export_regions(session))
+    assert sorted(zipfile.ZipFile(first).namelist()) == ["photo.png", "regions.json"]
+    second = Path(ui.export_regions(session))
+    assert first.exists() and second.exists()  # a minute for Gradio to copy it
+    monkeypatch.setattr(ui, "EXPORT_KEEP_S", -1)
+    third = Path(ui.export_regions(session))
+    assert list((tmp_path / "exports").iterdir()) == [third.parent]
 
 
 # -- several tabs, one model ----------------------------------------------------------------------------

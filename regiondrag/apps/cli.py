@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from ..config import REFERENCE, ConfigError, EditConfig
+from ..config import REFERENCE, ConfigError, EditConfig, check_prompt
 from ..copy_paste import PASTE_SCHEDULES
 from ..dragbench.reader import DatasetError, read_meta_data, region_mapping
 from ..image_io import ImageError, load_image, load_mask, working_size
@@ -43,8 +43,9 @@ alpha, else where it is not black), or {"polygon": [[x, y], ...]}. Coordinates a
 as displayed (EXIF orientation applied): x right, y down, from the top-left corner.
 --regions may instead be a DragBench meta_data_region.pkl (dense pairs, prompt and editable mask).
 
-Exit codes: 0 written; 2 a refused input (one line on stderr says what and how to fix it);
-130 / 143 / 129 interrupted by Ctrl-C / SIGTERM / SIGHUP (no partial file is left).
+Exit codes: 0 written; 2 a refused input, or the edit ran out of memory (one line on stderr says
+what and how to fix it); 130 / 143 / 129 interrupted by Ctrl-C / SIGTERM / SIGHUP (no partial file
+is left).
 """
 
 
@@ -76,16 +77,28 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 
 def _path(text: str) -> Path:
+    return Path(_path_text(text))
+
+
+def _path_text(text: str) -> str:
+    """A path kept as given: an output's trailing slash (naming a folder) must reach check_output_path."""
     if "\0" in text:
         raise argparse.ArgumentTypeError(f"path {text!r} has a NUL byte")
-    return Path(text)
+    return text
+
+
+def _prompt(text: str) -> str:
+    try:
+        return check_prompt(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, type=_path, help="the photo to edit (PNG, JPEG, ...)")
     p.add_argument("--regions", required=True, type=_path,
                    help="region file: our JSON format (below), or a DragBench meta_data_region.pkl")
-    p.add_argument("--out", required=True, type=_path, help="where to write the result (.png or .jpg)")
+    p.add_argument("--out", required=True, type=_path_text, help="where to write the result (.png or .jpg)")
     p.add_argument("--max-side", type=int, help="long side the model works at, 8 ... 4096 (default: the backbone's: "
                                                 "SD1.5 512, SD2.1 768, SDXL 1024)")
 
@@ -104,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("edit", help="drag the handle regions' content to the target regions", **common)
     _add_inputs(e)
-    e.add_argument("--prompt", help="text prompt (default: empty, or the DragBench file's)")
+    e.add_argument("--prompt", type=_prompt, help="text prompt (default: empty, or the DragBench file's)")
     e.add_argument("--mask", type=_path, help="editable-area mask PNG, the photo's size: alpha > 0 if it has alpha, "
                                               "else not black, may change (default: the whole photo)")
     e.add_argument("--weights", help=f"SD weights: diffusers folder, single-file checkpoint, or hub id "
@@ -137,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'or patterns, e.g. "up.*" (the decoder) or "mid.*,up.1.*"; names in the README (default: all)')
     e.add_argument("--point-fraction", type=float, help=f"ablation: keep this fraction of pairs, in (0, 1] "
                                                         f"(default: {REFERENCE.point_fraction})")
-    e.add_argument("--preview-out", type=_path, help="with --method cp_then_encode: also save its copy-pasted preview here (default: not saved)")
+    e.add_argument("--preview-out", type=_path_text, help="with --method cp_then_encode: also save its copy-pasted preview here (default: not saved)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     v = sub.add_parser("preview", help="draw the regions and their dense mapping over the photo (no model)", **common)
@@ -202,17 +215,17 @@ def _check_edit_flags(args: argparse.Namespace, config: EditConfig) -> None:
                              f"use --device cpu")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_file(a, b) -> bool:
     """The same path after resolving links, or the same file by identity (hard links, bind mounts)."""
     try:
-        if a.resolve() == b.resolve():
+        if Path(a).resolve() == Path(b).resolve():
             return True
         return os.path.samefile(a, b)
-    except (OSError, RuntimeError):  # one of them does not exist (yet), or a symlink loop
+    except (OSError, RuntimeError, ValueError):  # one does not exist (yet), a symlink loop, a NUL byte
         return False
 
 
-def _check_outputs(outputs: list[Optional[Path]], inputs: list[Path]) -> None:
+def _check_outputs(outputs: list[Optional[str]], inputs: list[Path]) -> None:
     outputs = [out for out in outputs if out is not None]
     for out in outputs:
         for path in inputs:
@@ -224,7 +237,7 @@ def _check_outputs(outputs: list[Optional[Path]], inputs: list[Path]) -> None:
         raise UsageError(f"--out and --preview-out are both {outputs[0]}; give two different paths")
 
 
-def _read_inputs(args: argparse.Namespace, outputs: list[Optional[Path]]):
+def _read_inputs(args: argparse.Namespace, outputs: list[Optional[str]]):
     """(photo, regions, mapping, prompt, mask): every input read and checked, outputs checked first."""
     pickled = args.regions.suffix == ".pkl"
     meta = read_meta_data(args.regions) if pickled else None
@@ -240,7 +253,7 @@ def _read_inputs(args: argparse.Namespace, outputs: list[Optional[Path]]):
     else:
         regions, mapping, prompt, mask = regions_from_json(doc, photo.size, args.regions.parent), None, None, None
     if mask_path is not None:
-        mask = load_mask(mask_path, "--mask file")
+        mask = load_mask(mask_path, "--mask")
     check_edit_inputs(regions, mapping, mask, photo.size, latent_size_of(work_size))
     return photo, regions, mapping, prompt, mask
 
@@ -316,10 +329,23 @@ def run_ui(args: argparse.Namespace) -> None:
                          f"this machine's); choose another --port or --host") from None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    import weights
+def _out_of_memory(e: BaseException) -> Optional[str]:
+    """What an allocation failure asked for, in words, or None when `e` is not one: Python's and numpy's
+    MemoryError, torch's CPU allocator (a RuntimeError) and CUDA's OutOfMemoryError."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
+        return None
+    exact = re.search(r"allocate (\d+) bytes", text)  # torch's CPU allocator
+    if exact:
+        return f"{int(exact.group(1)) / 2**30:.2f} GiB"
+    stated = re.search(r"allocate ([\d.]+ [KMGTPE]i?B)", text)  # numpy, CUDA
+    return stated.group(1) if stated else "more memory than there is"
 
+
+def main(argv: Optional[list[str]] = None) -> int:
     try:
+        import weights
+
         with _signals_raise():
             args = build_parser().parse_args(argv)
             if args.command == "ui":
@@ -335,6 +361,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (RegionError, DatasetError, ImageError, UsageError, ConfigError, weights.WeightsError,
             FloatingPointError) as e:
         _error(str(e))
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        asked = _out_of_memory(e)
+        if asked is None:
+            raise
+        _error(f"out of memory: an allocation of {asked} failed, and no output was written; use a smaller "
+               f"--max-side (the long side the model works at), half precision (--dtype fp16 or bf16), "
+               f"or a GPU (--device cuda)")
         return 2
     print(f"wrote {out}")
     return 0

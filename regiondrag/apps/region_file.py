@@ -55,8 +55,11 @@ more vertices drawn inline.
 
 Anything else is an error: `regions_from_json` raises `RegionError`, whose one-line
 message names the pair and the key, says what was wrong and how to fix it. So are inputs
-above the caps below (MAX_POINTS, MAX_POLYGON_VERTICES, the radius and coverage limits of
-point pairs, MAX_REGION_FILE_BYTES): each bounds the memory one input can ask for.
+above the caps (MAX_PAIRS, MAX_POINTS, MAX_POLYGON_VERTICES, the radius and coverage limits of
+point pairs, MAX_REGION_FILE_BYTES, MAX_MASK_PIXELS; the mapping's MAX_MAPPED_LAYERS): each bounds
+the memory one input can ask for. A mask file named by several pairs is decoded once.
+An inline polygon that crosses itself is filled by the even-odd rule (a pentagram's centre is
+outside the region).
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..files import read_bounded
 from ..image_io import ImageError, load_mask
 from ..regions import (DEFAULT_POINT_RADIUS, KINDS, MAX_POINTS, MAX_POLYGON_VERTICES, MIN_POLYGON_AREA, ImageSize,
                        MaskPair, PointPairs, PolygonPair, Region, RegionError, RegionPoints, check_points, is_number,
@@ -77,6 +81,9 @@ from .outputs import save_image_atomic
 
 # A region file: a hand-made one is kilobytes (4096 points are ~100 KB).
 MAX_REGION_FILE_BYTES = 4 * 2**20
+# The masks of one region file together (its distinct PNGs, decoded once each, and its inline
+# polygons), in pixels: at a byte a pixel, 256 MiB; 64 masks of a 2048 x 2048 photo.
+MAX_MASK_PIXELS = 2**28
 
 
 # --- JSON ---------------------------------------------------------------------------------
@@ -99,7 +106,8 @@ def regions_from_json(path_or_dict: Union[str, os.PathLike, Mapping, object], im
         doc, base = read_region_file(path_or_dict), Path(base_dir or Path(path_or_dict).parent)
     else:  # an already-loaded JSON document (checked as a file's would be)
         doc, base = path_or_dict, Path(base_dir or ".")
-    regions = [_parse_pair(i, pair, image_size, base) for i, pair in enumerate(_pairs(doc))]
+    masks = _Masks(base, image_size)
+    regions = [_parse_pair(i, pair, masks) for i, pair in enumerate(_pairs(doc))]
     validate_regions(regions, image_size)
     return regions
 
@@ -143,18 +151,12 @@ def mask_files(doc, base_dir: Union[str, os.PathLike]) -> list[Path]:
 def read_region_file(path: Union[str, os.PathLike]):
     """A region file's JSON document (not yet checked against a photo)."""
     path = Path(path)
+    data = read_bounded(path, MAX_REGION_FILE_BYTES, "region file", RegionError, "a region file holds")
     try:
-        if path.stat().st_size > MAX_REGION_FILE_BYTES:
-            raise RegionError(f"region file {path} is {path.stat().st_size} bytes, more than a region file holds "
-                              f"(at most {MAX_REGION_FILE_BYTES}); is it the right file?")
-        text = path.read_bytes().decode("utf-8")
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        if isinstance(e, RegionError):
-            raise
-        if isinstance(e, UnicodeDecodeError):
-            raise RegionError(f"region file {path} is not UTF-8 text; give a JSON region file (see the "
-                              f"regiondrag.apps.region_file docs or --help)") from None
-        raise RegionError(f"cannot read region file {path}: {getattr(e, 'strerror', None) or e}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RegionError(f"region file {path} is not UTF-8 text; give a JSON region file (see the "
+                          f"regiondrag.apps.region_file docs or --help)") from None
     if not text.strip():
         raise RegionError(f'empty region file {path}: expected {{"pairs": [...]}} with at least one pair')
     try:
@@ -165,7 +167,7 @@ def read_region_file(path: Union[str, os.PathLike]):
         raise RegionError(f"{path} nests JSON values too deeply to be a region file") from None
 
 
-def _parse_pair(index: int, pair, image_size: ImageSize, base: Path) -> Region:
+def _parse_pair(index: int, pair, masks: "_Masks") -> Region:
     if not isinstance(pair, Mapping):
         raise RegionError(f"pair {index}: expected an object with a \"kind\", got {type(pair).__name__}")
     kind = pair.get("kind")
@@ -180,12 +182,11 @@ def _parse_pair(index: int, pair, image_size: ImageSize, base: Path) -> Region:
             raise RegionError(f"unknown key(s) {', '.join(sorted(keys - required - optional))}; "
                               f"a {kind} pair has {', '.join(sorted(required | optional))}")
         if kind == "masks":
-            return MaskPair(_mask(pair["handle"], image_size, base, "handle"),
-                            _mask(pair["target"], image_size, base, "target"))
+            return MaskPair(masks.read(pair["handle"], "handle"), masks.read(pair["target"], "target"))
         if kind == "polygons":
             return PolygonPair(_points(pair["handle"], "handle"), _points(pair["target"], "target"))
         if kind == "region_points":
-            return RegionPoints(_mask(pair["region"], image_size, base, "region"),
+            return RegionPoints(masks.read(pair["region"], "region"),
                                 _points(pair["handle"], "handle"), _points(pair["target"], "target"))
         return PointPairs(_points(pair["handle"], "handle"), _points(pair["target"], "target"),
                           _number(pair.get("radius", DEFAULT_POINT_RADIUS), "radius"),
@@ -220,21 +221,38 @@ def _points(value, what: str, cap: int = MAX_POINTS) -> np.ndarray:
     return np.array([[_number(c, f"{what} coordinate") for c in p] for p in value], np.float64)
 
 
-def _mask(value, image_size: ImageSize, base: Path, what: str) -> np.ndarray:
-    """A mask spec (PNG path, or {"polygon": [...]}) -> (H, W) bool."""
-    if isinstance(value, str):
-        return _read_mask_png(base / value, what)
-    if isinstance(value, Mapping) and set(value) == {"polygon"}:
-        vertices = _points(value["polygon"], f"{what} polygon", MAX_POLYGON_VERTICES)
-        check_points(vertices, image_size, f"{what} polygon vertex")
-        if len(vertices) < 3:
-            raise RegionError(f"{what} polygon has {len(vertices)} vertices; a filled polygon needs 3 or more")
-        x, y = vertices.T
-        if abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) < 2 * MIN_POLYGON_AREA:  # shoelace
-            raise RegionError(f"{what} polygon encloses no area (its vertices lie on one line); spread them out")
-        return rasterise_polygon(vertices, image_size)
-    raise RegionError(f'{what} must be a PNG path (a string) or {{"polygon": [[x, y], ...]}}, '
-                      f"got {value!r:.60}")
+class _Masks:
+    """The masks of one region file: each distinct PNG decoded once (pairs may name the same file),
+    all of them together within MAX_MASK_PIXELS."""
+
+    def __init__(self, base: Path, image_size: ImageSize):
+        self.base, self.image_size, self.decoded, self.pixels = base, image_size, {}, 0
+
+    def read(self, value, what: str) -> np.ndarray:
+        """A mask spec (PNG path, or {"polygon": [...]}) -> (H, W) bool."""
+        if isinstance(value, str):
+            key = os.path.normpath(self.base / value)
+            if key not in self.decoded:
+                self.decoded[key] = self._counted(_read_mask_png(Path(key), what), what)
+            return self.decoded[key]
+        if isinstance(value, Mapping) and set(value) == {"polygon"}:
+            vertices = _points(value["polygon"], f"{what} polygon", MAX_POLYGON_VERTICES)
+            check_points(vertices, self.image_size, f"{what} polygon vertex")
+            if len(vertices) < 3:
+                raise RegionError(f"{what} polygon has {len(vertices)} vertices; a filled polygon needs 3 or more")
+            x, y = vertices.T
+            if abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) < 2 * MIN_POLYGON_AREA:  # shoelace
+                raise RegionError(f"{what} polygon encloses no area (its vertices lie on one line); spread them out")
+            return self._counted(rasterise_polygon(vertices, self.image_size), what)
+        raise RegionError(f'{what} must be a PNG path (a string) or {{"polygon": [[x, y], ...]}}, '
+                          f"got {value!r:.60}")
+
+    def _counted(self, mask: np.ndarray, what: str) -> np.ndarray:
+        self.pixels += mask.size
+        if self.pixels > MAX_MASK_PIXELS:
+            raise RegionError(f"{what}: the region file's masks add up to more than {MAX_MASK_PIXELS} pixels "
+                              f"(distinct mask files and inline polygons); use fewer masks, or a smaller photo")
+        return mask
 
 
 def _read_mask_png(path: Path, what: str) -> np.ndarray:
@@ -242,5 +260,3 @@ def _read_mask_png(path: Path, what: str) -> np.ndarray:
         return load_mask(path, f"{what} mask")
     except ImageError as e:
         raise RegionError(str(e)) from None
-
-

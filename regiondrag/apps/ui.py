@@ -10,10 +10,12 @@ model is shared by all tabs, one edit at a time (the Drag event's queue has one 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import shutil
 import tempfile
 import time
 import zipfile
@@ -30,14 +32,15 @@ from PIL import Image
 
 from ..config import METHODS, ConfigError, EditConfig
 from ..copy_paste import PASTE_SCHEDULES
-from ..image_io import MAX_SIDE, ImageError, load_image, working_size
+from ..image_io import MAX_SIDE, ImageError, ImageTooLargeError, load_image, working_size
 from ..mapping import dense_mapping, latent_size_of
 from ..pipeline import RegionDragPipeline
-from ..regions import (DEFAULT_POINT_RADIUS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region, RegionError,
-                       RegionPoints)
+from ..regions import (DEFAULT_POINT_RADIUS, MAX_PAIRS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region,
+                       RegionError, RegionPoints)
 from .outputs import save_image_atomic
 from .preview import HANDLE_RGB, TARGET_RGB, draw_preview
 from .region_file import regions_from_json, regions_to_json
+from .uploads import MAX_UPLOAD_BYTES, UploadError, unpack_import
 
 # Photos whose long side exceeds twice the working size (and 1024 px) are resized on upload: the model
 # sees the working size anyway, and a canvas of a 4000 px photo is slow to draw on and to send back.
@@ -81,7 +84,7 @@ def shows_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UIError, RegionError, ImageError, FloatingPointError) as e:
+        except (UIError, RegionError, ImageError, UploadError, ConfigError, FloatingPointError) as e:
             raise gr.Error(str(e), print_exception=False) from None
     return wrapper
 
@@ -95,6 +98,8 @@ def load_photo(path: Optional[str], max_side: int) -> tuple[Session, str]:
         raise UIError("no photo: upload a PNG or JPEG file")
     try:
         photo = load_image(path)
+    except ImageTooLargeError as e:  # a valid photo, too big: say so (with the upload's name, not the server's path)
+        raise UIError(str(e).replace(str(path), Path(path).name)) from None
     except ImageError:
         raise UIError(f"cannot read {Path(path).name} as an image; upload a PNG or JPEG photo") from None
     note = f"Photo {photo.width}x{photo.height}."
@@ -208,6 +213,8 @@ def _point_lists(handle_text: str, target_text: str) -> tuple[np.ndarray, np.nda
 
 
 def _added(session: Session, pair: Region) -> tuple[Session, str]:
+    if len(session.pairs) >= MAX_PAIRS:
+        raise UIError(f"this photo has {len(session.pairs)} pairs, the most one edit takes; undo or clear some first")
     pairs = session.pairs + [pair]
     return session.with_pairs(pairs), f"Added pair {len(pairs)} ({KIND_TABS[pair.kind].lower()})."
 
@@ -343,13 +350,28 @@ def editor_value(photo: Optional[Image.Image]):
 
 # -- export / import in the CLI's JSON format -------------------------------------------------------
 
+# Gradio copies a returned file into its cache (deleted after CACHE_CLEANUP) as the answer is sent, so
+# an export's own folder is not needed a minute later: each export removes those, and exports do not pile up.
+EXPORTS = Path(tempfile.gettempdir()) / f"regiondrag_exports_{os.getpid()}"
+EXPORT_KEEP_S = 60
+
+
+def _export_folder() -> Path:
+    EXPORTS.mkdir(exist_ok=True)
+    for old in EXPORTS.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # another export removed it first
+            if time.time() - old.stat().st_mtime > EXPORT_KEEP_S:
+                shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=EXPORTS))
+
+
 @shows_errors
 def export_regions(session: Session) -> str:
     """A zip of regions.json (masks as PNGs beside it) and photo.png, for `python -m regiondrag edit`."""
     photo = _need_photo(session)
     if not session.pairs:
         raise UIError("no pairs to export: add a pair first")
-    out = Path(tempfile.mkdtemp(prefix="regiondrag_export_")) / "regiondrag_regions.zip"  # gradio serves it
+    out = _export_folder() / "regiondrag_regions.zip"  # gradio serves it
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         folder = Path(tmp)
         doc = regions_to_json(session.pairs, folder)
@@ -367,21 +389,9 @@ def import_regions(session: Session, files: Optional[list]) -> tuple[Session, st
     if not files:
         raise UIError("choose a regions .json (with the mask PNGs it names) or an exported .zip")
     with tempfile.TemporaryDirectory() as tmp:  # the masks are read into the pairs, then the files go
-        folder = Path(tmp)
-        for f in map(Path, files):
-            if f.suffix.lower() == ".zip":
-                try:
-                    with zipfile.ZipFile(f) as z:
-                        z.extractall(folder)  # extractall drops absolute paths and '..' from member names
-                except zipfile.BadZipFile:
-                    raise UIError(f"{f.name} is not a readable zip file; export the regions again") from None
-            else:
-                (folder / f.name).write_bytes(f.read_bytes())
-        found = sorted(folder.rglob("*.json"))
-        if len(found) != 1:
-            raise UIError(f"found {len(found)} .json region files in the import; give exactly one")
-        pairs = regions_from_json(found[0], photo.size)
-    return session.with_pairs(pairs), f"Imported {len(pairs)} pair(s) from {found[0].name}."
+        region_file = unpack_import(files, Path(tmp))
+        pairs = regions_from_json(region_file, photo.size)
+    return session.with_pairs(pairs), f"Imported {len(pairs)} pair(s) from {region_file.name}."
 
 
 # -- drag: the model ------------------------------------------------------------------------------
@@ -445,7 +455,7 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
         return photo, result.image, drag_message(seconds, reused, result.timings)
 
     cpu = pipe.device.type == "cpu"
-    with gr.Blocks(title="RegionDrag", analytics_enabled=False) as app:
+    with gr.Blocks(title="RegionDrag", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as app:
         session, kind, clicks = gr.State(Session()), gr.State("masks"), gr.State(NO_CLICKS)
         gr.Markdown("## RegionDrag: drag regions of a photo\n" + HELP)
         gr.Markdown(f"Model on **{pipe.device.type}** ({str(pipe.dtype).replace('torch.', '')}), working size "
@@ -566,6 +576,12 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
         drag_button.click(drag, [session, mask_editor, prompt, steps, start_t, noise_scale, seed, method, ip_scale,
                                  paste_schedule, attention_swap], [input_image, result_image, drag_time],
                           api_name="drag", concurrency_limit=1, concurrency_id="model")
+
+        def forget_session(request: gr.Request) -> None:
+            """A closed tab's photo and pairs are freed at once (Gradio would keep them an hour, for a reconnect)."""
+            app.state_holder.delete_state(request.session_hash)
+
+        app.unload(forget_session)
     return app
 
 
@@ -580,11 +596,19 @@ def _editor(label: str, colour: str, elem_id: str) -> gr.ImageEditor:
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
+# What the clients of one server can make it hold, beside the per-file caps (uploads.py): the sessions
+# kept in memory (the least recently used goes first: its tab must upload again), each a photo of at
+# most upload_max_side and MAX_PAIRS pairs; files uploaded and served, deleted an hour after they came.
+MAX_SESSIONS = 64
+CACHE_CLEANUP = (600, 3600)  # Gradio's delete_cache: (every, older than) in seconds
+
+
 def launch(pipe: RegionDragPipeline, host: str = "127.0.0.1", port: int = 7860, max_side: Optional[int] = None,
            block: bool = True) -> gr.Blocks:
     """Serve the page on host:port (one Drag at a time on the model, the others queued)."""
     app = build_app(pipe, max_side)
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block,
-               quiet=not block, theme=gr.themes.Default(**THEME_FONTS), footer_links=["api"])
+               quiet=not block, theme=gr.themes.Default(**THEME_FONTS), footer_links=["api"],
+               max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=MAX_SESSIONS)
     return app

@@ -44,7 +44,9 @@ from typing import Any, Iterable, Optional
 import numpy as np
 from PIL import Image
 
-from ..image_io import LATENT_STRIDE, PathLike, load_image, working_size
+from ..config import ConfigError, check_prompt
+from ..files import read_bounded
+from ..image_io import LATENT_STRIDE, MAX_IMAGE_PIXELS, PathLike, load_image, working_size
 from ..mapping import LatentSize, Mapping, dense_mapping, drop_out_of_bounds, latent_size_of
 from ..regions import DEFAULT_POINT_RADIUS, PointPairs, Region, RegionError, RegionPoints
 from .unpickle import MAX_PICKLE_BYTES, UnsafePickleError, restricted_load
@@ -77,12 +79,10 @@ class DragBenchMeta:
 
 def load_pickle(path: Path) -> Any:
     """A DragBench pickle's contents, through the restricted unpickler; a RegionError if unreadable."""
+    data = read_bounded(path, MAX_PICKLE_BYTES, "DragBench metadata", RegionError, "a metadata file holds")
     try:
-        if path.stat().st_size > MAX_PICKLE_BYTES:  # refused before it is read into memory
-            raise UnsafePickleError(f"{path.stat().st_size} bytes is more than a metadata file holds "
-                                    f"(at most {MAX_PICKLE_BYTES} are read)")
-        return restricted_load(path.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        return restricted_load(data)
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
         raise RegionError(f"cannot read DragBench metadata {path}: {e}") from None
 
 
@@ -96,6 +96,10 @@ def read_meta_data(path: PathLike) -> DragBenchMeta:
     if not isinstance(meta["prompt"], str):
         raise RegionError(f"{path}: 'prompt' must be a string, got {type(meta['prompt']).__name__}")
     try:
+        check_prompt(meta["prompt"])
+    except ConfigError as e:
+        raise RegionError(f"{path}: {e}") from None
+    try:
         points = np.asarray(meta["points"], np.float64)  # (2N, 2)
         paired = points.ndim == 2 and points.shape[1] == 2 and len(points) % 2 == 0 and len(points) > 0
     except (TypeError, ValueError, OverflowError):
@@ -103,9 +107,13 @@ def read_meta_data(path: PathLike) -> DragBenchMeta:
     if not paired:
         raise RegionError(f"{path}: 'points' must be a non-empty list of (x, y) points, handle and "
                           f"target alternating; got {meta['points']!r:.80}")
-    if not np.isfinite(points).all():
-        raise RegionError(f"{path}: 'points' must be finite pixel coordinates; point "
-                          f"{int(np.argmin(np.isfinite(points).all(1)))} is not")
+    # Pairs off the latent grid are dropped (as the reference does); a point farther out than any photo's
+    # side (MAX_IMAGE_PIXELS: a photo one pixel tall) is a broken file, not a pair to drop.
+    bad = ~(np.isfinite(points) & (np.abs(points) <= MAX_IMAGE_PIXELS)).all(1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RegionError(f"{path}: 'points' must be pixel coordinates; point {i} ({points[i, 0]:g}, "
+                          f"{points[i, 1]:g}) is not (beyond {MAX_IMAGE_PIXELS} pixels, or not finite)")
     try:
         mask = np.asarray(meta["mask"])
     except (TypeError, ValueError):
