@@ -1,5 +1,9 @@
 """The browser editor: `python -m regiondrag ui` — draw regions on a photo, see the preview, drag.
 
+The drag canvas (select a region, grab it, the edit follows on release) is canvas.py / canvas.js;
+here are its handlers: the inversion started on upload, the dragged regions as the session's transform
+pairs, and the auto-run edit.
+
 A thin Gradio layer over the library: regions are the dataclasses of `regiondrag.regions`
 (validated by them), the feedback is `draw_preview` over `dense_mapping` and the pipeline's
 copy-pasted pixel preview, and "Drag" is one `RegionDragPipeline.edit` call (in `run_edit`).
@@ -411,9 +415,9 @@ def drag_message(seconds: float, reused: bool, timings: dict) -> str:
 # -- the page ---------------------------------------------------------------------------------
 
 HELP = """\
-**1.** Upload a photo. **2.** In a tab, draw a handle (red: where content comes from) and its target
-(blue: where it goes), then press **Add pair**; add as many pairs, of any kinds, as you like.
-Polygons and points are clicked on the preview. **3.** Press **Drag**.
+**1.** Upload a photo. **2.** On the canvas, select a region and drag it (inside: move, corners: scale,
+round grip: rotate); or, below, draw a handle (red: where content comes from) and its target (blue: where
+it goes) in a tab and press **Add pair**; pairs of any kinds add up. **3.** Release (auto-run) or press **Drag**.
 The preview (regions, dense mapping arrows, and the copy-pasted pixels) needs no model."""
 
 
