@@ -19,7 +19,7 @@ const resultImg = element.querySelector("img.rd-result");
 const tab = Math.random().toString(36).slice(2);  // this tab's id: its requests are compared by seq
 let photo = null, original = null, preview = null, handleMasks = [];  // ImageData / canvases at photo size
 let regions = [], selected = -1, tool = "lasso", seq = 0, shown = 0, replies = 0;
-let undo = [], redo = [], gesture = null, draft = null;
+let undo = [], redo = [], gesture = null, draft = null, request = "";
 
 // -- geometry -------------------------------------------------------------------------------------
 function box(outline) {
@@ -155,7 +155,8 @@ function restore(s) { regions = JSON.parse(s); handleMasks = regions.map(r => ra
 function commit(before) {  // one finished action: undoable, and sent to the server (latest wins there)
   if (before !== undefined) { undo.push(before); redo = []; }
   seq += 1;
-  props.value = JSON.stringify({tab, seq, regions: regions.map(r => ({outline: r.outline, matrix: matrix(r)}))});
+  request = JSON.stringify({tab, seq, regions: regions.map(r => ({outline: r.outline, matrix: matrix(r)}))});
+  props.value = request;
   trigger("release");
   info.textContent = regions.length ? `${regions.length} region(s); editing...` : "Select a region to drag.";
 }
@@ -281,7 +282,7 @@ function load(msg) {
     const c = new OffscreenCanvas(img.width, img.height), g = c.getContext("2d");
     g.drawImage(img, 0, 0);
     original = g.getImageData(0, 0, img.width, img.height);
-    regions = []; handleMasks = []; undo = []; redo = []; selected = -1; seq = 0; shown = 0;
+    regions = []; handleMasks = []; undo = []; redo = []; selected = -1; seq = 0; shown = 0; request = "";
     resultImg.removeAttribute("src"); resultImg.dataset.seq = "";
     refresh();
     info.textContent = "Select a region: lasso, rectangle, ellipse or polygon; then drag it, its corners, its round grip.";
@@ -298,6 +299,8 @@ watch("value", () => {
     resultImg.src = msg.result; resultImg.dataset.seq = String(msg.seq);
   }
   if (msg.message && msg.tab === tab) info.textContent = msg.seq === seq ? msg.message : info.textContent;
+  // the server's message took the value's place; a release still queued in the page must send the latest request
+  if (request && !msg.photo) props.value = request;
 });
 canvas.tabIndex = 0;
 // for tests and scripts: the preview at photo size as a PNG data URL, and the regions as the server gets them
