@@ -11,7 +11,9 @@ in image pixels are first brought to the latent grid, then mapped per kind:
 - region + points: the region's contour moves by inverse-distance weighting (IDW) of the
   point displacements; the moved contour, filled, is the target region, and each of its
   cells finds its source by IDW of the inverse displacements;
-- points (our extension): the disk or square around the handle point moves by translation.
+- points (our extension): the disk or square around the handle point moves by translation;
+- transform (our extension): each target cell is carried back by the inverse matrix (as polygons'
+  maps, on cell indices) and kept where it lands on a cell of the handle region.
 
 Every rule follows the reference implementation (Visual-AI/RegionDrag,
 region_utils/ui_utils.py: `region_pair_to_pts`, `transform_polygon`, `region_to_points`),
@@ -28,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .image_io import LATENT_STRIDE
-from .regions import (MAX_POINTS, ImageSize, MaskPair, PolygonPair, Region, RegionError, RegionPoints, pair_context,
-                      validate_regions)
+from .regions import (MAX_POINTS, ImageSize, MaskPair, PolygonPair, Region, RegionError, RegionPoints, TransformPair,
+                      pair_context, project, validate_regions)
 
 EXTENT_EPS = 1e-4  # floor of a target extent before dividing by it (reference: `.clamp(min=1e-4)`)
 IDW_NEIGHBOURS = 4  # control points weighted per position (reference: `indices[:, :min(4, ...)]`)
@@ -112,6 +114,10 @@ def _map_region(region: Region, scale: np.ndarray, latent_size: LatentSize) -> M
         return map_region_points(region_to_latent(region.region, latent_size),
                                  (region.handle * scale).astype(np.int64),
                                  (region.target * scale).astype(np.int64))
+    if isinstance(region, TransformPair):
+        s = np.diag([*scale, 1.0])  # pixels -> latent cells
+        return map_transform(region_to_latent(region.handle, latent_size),
+                             s @ region.homography @ np.linalg.inv(s))
     return map_points(region.handle * scale, region.target * scale, region.radius * scale,
                       region.shape, latent_size)
 
@@ -151,6 +157,22 @@ def map_polygons(handle: np.ndarray, target: np.ndarray, latent_size: LatentSize
     # a concave target quadrilateral can send cells through infinity: keep those near the grid
     near = (np.abs(xy) <= max(latent_size) + 1).all(1)
     return drop_out_of_bounds(_to_cell(xy[near]), np.stack([tx, ty], 1)[near], latent_size)
+
+
+def map_transform(handle: np.ndarray, matrix: np.ndarray) -> Mapping:
+    """(h, w) bool latent handle region, 3x3 latent-space matrix (handle -> target) -> mapping.
+
+    Every cell of the grid is carried back by the inverse matrix; it is a target cell where it
+    lands on a handle cell. Inverse mapping leaves no holes in a target that the matrix enlarges."""
+    _check_covers(handle, "handle region")
+    latent_size = handle.shape[::-1]
+    ty, tx = np.indices(handle.shape).reshape(2, -1)  # every cell, row-major as np.nonzero
+    target = np.stack([tx, ty], 1)
+    xy = project(np.linalg.inv(matrix), target)
+    near = (np.abs(xy) <= max(latent_size) + 1).all(1)  # finite, and not past the grid's far side
+    source, target = drop_out_of_bounds(_to_cell(xy[near]), target[near], latent_size)
+    inside = handle[source[:, 1], source[:, 0]]
+    return source[inside], target[inside]
 
 
 def map_region_points(region: np.ndarray, handle: np.ndarray, target: np.ndarray) -> Mapping:

@@ -1,4 +1,4 @@
-"""Region inputs: the four kinds of handle -> target pairs, as the method takes them, and their checks.
+"""Region inputs: the kinds of handle -> target pairs, as the method takes them, and their checks.
 
     regions = [PolygonPair(handle=[[100, 100], [200, 100], [150, 180]], target=[[120, 60], [240, 70], [170, 170]]),
                PointPairs(handle=[[322, 140]], target=[[322, 100]], radius=24)]
@@ -15,6 +15,8 @@ mask PNGs) is an application's: regiondrag.apps.region_file.
 - `RegionPoints`: one region dragged by handle -> target point pairs inside it (inverse-distance weighting).
 - `PointPairs` (our extension of the paper): a disk or square of `radius` pixels around each handle
   point moves, unchanged, to the same shape around its target point.
+- `TransformPair` (our extension, what the browser editor's drag makes): one handle region and the
+  pixel-space matrix (2x3 affine or 3x3 homography) that carries a handle point to its target point.
 
 The caps below (MAX_PAIRS, MAX_POINTS, MAX_POLYGON_VERTICES, the radius and coverage limits of point
 pairs) each bound the memory one input can ask for.
@@ -36,6 +38,9 @@ POINT_SHAPES = ("disk", "square")
 # A polygon with less area than this (px^2) has (nearly) collinear vertices: it covers no
 # pixel and its map is singular.
 MIN_POLYGON_AREA = 0.5
+# A transform matrix this ill-conditioned (or worse) is singular to float precision: it collapses the
+# region onto a line or a point, and its inverse (which the mapping needs) is noise.
+MAX_MATRIX_CONDITION = 1e12
 # Caps, each bounding what one input may cost (memory and time grow with them):
 # - pairs in one input (a region file, an edit, a browser tab): a drag by hand uses a handful, and
 #   every pair holds up to two masks of the photo's size;
@@ -147,6 +152,55 @@ class PointPairs:
             raise RegionError(f"shape {self.shape!r:.40} is not one of {', '.join(POINT_SHAPES)}")
 
 
+@dataclass(frozen=True, eq=False)
+class TransformPair:
+    """Our extension: one handle region carried by a matrix, (x, y) -> matrix @ (x, y, 1) in pixels.
+
+    A 2x3 matrix is affine (translate, rotate, scale, shear); a 3x3 one a homography (perspective,
+    divided by its last coordinate). The target is where the matrix puts the handle region."""
+    kind: ClassVar[str] = "transform"
+    handle: np.ndarray  # (H, W) bool
+    matrix: np.ndarray  # (2, 3) or (3, 3) float
+
+    def __post_init__(self):
+        _store_arrays(self, bool, "handle")
+        _store_arrays(self, np.float64, "matrix")
+
+    @property
+    def homography(self) -> np.ndarray:
+        """The matrix as 3x3 (an affine one gets the row [0, 0, 1])."""
+        return np.vstack([self.matrix, [0, 0, 1]]) if self.matrix.shape == (2, 3) else self.matrix
+
+    def validate(self, image_size: ImageSize) -> None:
+        _check_mask(self.handle, image_size, "handle")
+        m = self.matrix
+        if m.shape not in ((2, 3), (3, 3)):
+            raise RegionError(f"matrix is {'x'.join(map(str, m.shape))}; give [[a, b, c], [d, e, f]] (affine) "
+                              f"or a 3x3 homography")
+        if not np.isfinite(m).all():
+            raise RegionError("matrix has a non-finite entry (inf or nan); give finite numbers")
+        if np.linalg.cond(self.homography) > MAX_MATRIX_CONDITION:
+            raise RegionError("matrix is singular: it collapses the handle region onto a line or a point; "
+                              "give an invertible transform")
+        ys, xs = np.nonzero(self.handle)
+        w = self.homography[2] @ np.stack([xs, ys, np.ones_like(xs)])
+        if not ((w > 0).all() or (w < 0).all()):
+            raise RegionError("matrix sends part of the handle region through infinity (its horizon crosses "
+                              "the region); give a milder perspective")
+        x, y = project(self.homography, np.stack([xs, ys], 1)).T
+        width, height = image_size
+        if not ((x >= 0) & (x < width) & (y >= 0) & (y < height)).any():
+            raise RegionError(f"matrix moves the handle region entirely off the {width}x{height} photo; "
+                              f"keep some of the target on the photo")
+
+
+def project(homography: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(N, 2) points through a 3x3 homography: (x, y, 1) -> its image, divided by the last coordinate."""
+    p = homography @ np.vstack([np.asarray(xy, np.float64).T, np.ones(len(xy))])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (p[:2] / p[2]).T
+
+
 def _store_arrays(pair, dtype, *names: str) -> None:
     """Fields given as array-likes of real numbers (lists, uint8 masks) are stored as numpy arrays of
     dtype; anything else (complex numbers, whose imaginary part a cast would drop; strings) is refused."""
@@ -161,8 +215,8 @@ def _store_arrays(pair, dtype, *names: str) -> None:
         object.__setattr__(pair, name, a.astype(dtype, copy=False))
 
 
-Region = Union[MaskPair, PolygonPair, RegionPoints, PointPairs]
-KINDS: dict[str, type] = {k.kind: k for k in (MaskPair, PolygonPair, RegionPoints, PointPairs)}
+Region = Union[MaskPair, PolygonPair, RegionPoints, PointPairs, TransformPair]
+KINDS: dict[str, type] = {k.kind: k for k in (MaskPair, PolygonPair, RegionPoints, PointPairs, TransformPair)}
 
 
 @contextmanager

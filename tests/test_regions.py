@@ -205,6 +205,13 @@ def pair(draw, size):
     if kind == "polygons":
         n = draw(st.sampled_from([3, 4]))
         return {"kind": kind, "handle": draw(polygon(size, n)), "target": draw(polygon(size, n))}
+    if kind == "transform":  # a turn about the region's centre and a shift that keep it on the photo
+        region = draw(polygon(size, 5))
+        (cx, cy), a = np.mean(region, 0), math.radians(draw(st.floats(-30, 30)))
+        dx, dy = draw(st.floats(-20, 20)), draw(st.floats(-20, 20))
+        c, s = math.cos(a), math.sin(a)
+        return {"kind": kind, "handle": {"polygon": region},
+                "matrix": [[c, -s, cx - c * cx + s * cy + dx], [s, c, cy - s * cx - c * cy + dy]]}
     n = draw(st.integers(1, 3))
     if kind == "region_points":
         region = draw(polygon(size, 4))
@@ -255,6 +262,8 @@ def _break(doc, size, how, data):
     elif how == "wrong counts":
         if p["kind"] == "masks":
             p["target"] = {"polygon": [[1, 1], [2, 1]]}  # a filled polygon needs 3 vertices
+        elif p["kind"] == "transform":
+            p["matrix"] = p["matrix"][:1]  # a matrix needs 2 or 3 rows
         else:
             p["target"] = p["target"] + [[1, 1]]
     elif how == "empty":

@@ -38,6 +38,8 @@ region file (--regions): JSON, {"pairs": [PAIR, ...]}, the pairs applied togethe
                                                             a region dragged by point pairs inside it
   {"kind": "points", "handle": [[x, y], ...], "target": [[x, y], ...], "radius": 16, "shape": "disk"}
                                                             a disk (or "square") around each point moves
+  {"kind": "transform", "handle": MASK, "matrix": [[a, b, c], [d, e, f]]}
+                                                            the region carried by a pixel matrix (or 3x3)
 MASK: a PNG path relative to the JSON file, the photo's size (the region: where alpha > 0 if it has
 alpha, else where it is not black), or {"polygon": [[x, y], ...]}. Coordinates are pixels of the photo
 as displayed (EXIF orientation applied): x right, y down, from the top-left corner.

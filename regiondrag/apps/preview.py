@@ -7,7 +7,8 @@ Colours follow the reference UI: red where content comes from (handle), blue whe
   and the target shapes as given, blue outline;
 - evenly spread mapping arrows, yellow, from a handle cell to the target cell it fills;
 - the user's own controls: polygon vertices numbered in order (red handle, blue target),
-  and handle -> target point arrows, white.
+  handle -> target point arrows, and a transform's arrow from the handle's centre to where
+  the matrix puts it, white.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..mapping import LatentSize, Mapping, latent_size_of
-from ..regions import MaskPair, PointPairs, PolygonPair, Region, RegionPoints, rasterise_polygon
+from ..regions import MaskPair, PointPairs, PolygonPair, Region, RegionPoints, TransformPair, project, rasterise_polygon
 
 HANDLE_RGB = (235, 45, 45)
 TARGET_RGB = (40, 110, 255)
@@ -72,6 +73,10 @@ def _shapes(region: Region, image_size) -> tuple[np.ndarray, Optional[np.ndarray
         return rasterise_polygon(region.handle, image_size), rasterise_polygon(region.target, image_size)
     if isinstance(region, RegionPoints):
         return region.region != 0, None
+    if isinstance(region, TransformPair):  # the target: the handle region where the matrix puts it
+        moved = cv2.warpPerspective(region.handle.astype(np.uint8), region.homography, image_size,
+                                    flags=cv2.INTER_NEAREST)
+        return region.handle, moved > 0
     return _point_shapes(region, region.handle, image_size), _point_shapes(region, region.target, image_size)
 
 
@@ -113,6 +118,9 @@ def _controls(canvas: np.ndarray, region: Region, line: int) -> None:
                 cv2.circle(canvas, (x, y), radius, colour, cv2.FILLED, cv2.LINE_AA)
                 cv2.circle(canvas, (x, y), radius, OUTLINE_RGB, 1, cv2.LINE_AA)
                 _label(canvas, str(i), (x, y), line)
+    elif isinstance(region, TransformPair):
+        centre = np.argwhere(region.handle)[:, ::-1].mean(0, keepdims=True)  # (1, 2) (x, y)
+        _arrow(canvas, centre[0], project(region.homography, centre)[0], CONTROL_RGB, 2 * line)
     elif isinstance(region, (RegionPoints, PointPairs)):
         for h, t in zip(region.handle, region.target):
             _arrow(canvas, h, t, CONTROL_RGB, 2 * line)

@@ -31,7 +31,11 @@ may be mixed). Each pair has a ``"kind"`` and the keys of that kind, nothing els
       {"kind": "points",
        "handle": [[322, 140], [450, 130]],
        "target": [[322, 100], [450, 100]],
-       "radius": 24, "shape": "disk"}
+       "radius": 24, "shape": "disk"},
+
+      {"kind": "transform",
+       "handle": {"polygon": [[200, 60], [260, 60], [260, 110], [200, 110]]},
+       "matrix": [[0.966, -0.259, 48.0], [0.259, 0.966, -52.0]]}
     ]}
 
 - ``masks`` (brush masks): ``handle`` and ``target`` are masks (below). The target is
@@ -47,6 +51,12 @@ may be mixed). Each pair has a ``"kind"`` and the keys of that kind, nothing els
   equally long lists of points; a disk (``"shape": "disk"``, the default) or square
   (``"square"``, side 2 * radius) of ``radius`` pixels (default 16) around each handle
   point moves, unchanged, to the same shape around its target point.
+- ``transform`` (a region and its transform, our extension; what the browser editor exports
+  when a region is dragged): ``handle`` is a mask; ``matrix`` is ``[[a, b, c], [d, e, f]]``
+  (affine) or a 3x3 homography, in pixels, carrying a handle point (x, y) to its target
+  point (a x + b y + c, d x + e y + f) (a homography's result divided by its third row's). It
+  must be invertible, finite, keep the region on one side of its horizon, and leave some of
+  the target on the photo.
 
 A mask is either a string, the path of a PNG file relative to the JSON file (the same size
 as the photo; a pixel is in the region when non-zero, or when its alpha is non-zero if
@@ -75,8 +85,8 @@ from PIL import Image
 from ..files import read_bounded
 from ..image_io import ImageError, load_mask
 from ..regions import (DEFAULT_POINT_RADIUS, KINDS, MAX_POINTS, MAX_POLYGON_VERTICES, MIN_POLYGON_AREA, ImageSize,
-                       MaskPair, PointPairs, PolygonPair, Region, RegionError, RegionPoints, check_points, is_number,
-                       pair_context, rasterise_polygon, validate_regions)
+                       MaskPair, PointPairs, PolygonPair, Region, RegionError, RegionPoints, TransformPair, check_points,
+                       is_number, pair_context, rasterise_polygon, validate_regions)
 from .outputs import save_image_atomic
 
 # A region file: a hand-made one is kilobytes (4096 points are ~100 KB).
@@ -188,6 +198,8 @@ def _parse_pair(index: int, pair, masks: "_Masks") -> Region:
         if kind == "region_points":
             return RegionPoints(masks.read(pair["region"], "region"),
                                 _points(pair["handle"], "handle"), _points(pair["target"], "target"))
+        if kind == "transform":
+            return TransformPair(masks.read(pair["handle"], "handle"), _matrix(pair["matrix"]))
         return PointPairs(_points(pair["handle"], "handle"), _points(pair["target"], "target"),
                           _number(pair.get("radius", DEFAULT_POINT_RADIUS), "radius"),
                           pair.get("shape", PointPairs.shape))
@@ -219,6 +231,15 @@ def _points(value, what: str, cap: int = MAX_POINTS) -> np.ndarray:
         if not isinstance(p, list) or len(p) != 2:
             raise RegionError(f"{what}: each point must be a list [x, y], got {p!r:.60}")
     return np.array([[_number(c, f"{what} coordinate") for c in p] for p in value], np.float64)
+
+
+def _matrix(value) -> np.ndarray:
+    """A JSON matrix: 2 or 3 rows of 3 numbers -> (2, 3) or (3, 3) float64."""
+    if not (isinstance(value, list) and len(value) in (2, 3)
+            and all(isinstance(row, list) and len(row) == 3 for row in value)):
+        raise RegionError(f"matrix must be [[a, b, c], [d, e, f]] (affine) or 3 such rows (a homography), "
+                          f"got {value!r:.60}")
+    return np.array([[_number(c, "matrix entry") for c in row] for row in value], np.float64)
 
 
 class _Masks:

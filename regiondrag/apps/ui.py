@@ -1,5 +1,9 @@
 """The browser editor: `python -m regiondrag ui` — draw regions on a photo, see the preview, drag.
 
+The drag canvas (select a region, grab it, the edit follows on release) is canvas.py / canvas.js;
+here are its handlers: the inversion started on upload, the dragged regions as the session's transform
+pairs, and the auto-run edit.
+
 A thin Gradio layer over the library: regions are the dataclasses of `regiondrag.regions`
 (validated by them), the feedback is `draw_preview` over `dense_mapping` and the pipeline's
 copy-pasted pixel preview, and "Drag" is one `RegionDragPipeline.edit` call (in `run_edit`).
@@ -37,6 +41,7 @@ from ..mapping import dense_mapping, latent_size_of
 from ..pipeline import RegionDragPipeline
 from ..regions import (DEFAULT_POINT_RADIUS, MAX_PAIRS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region,
                        RegionError, RegionPoints)
+from .canvas import canvas_component, canvas_pairs, photo_message, read_request, result_message
 from .outputs import save_image_atomic
 from .preview import HANDLE_RGB, TARGET_RGB, draw_preview
 from .region_file import regions_from_json, regions_to_json
@@ -49,7 +54,7 @@ def upload_max_side(max_side: int) -> int:
 
 POLYGON_SIDES = {"Triangle (3 vertices, affine)": 3, "Quadrilateral (4 vertices, perspective)": 4}
 KIND_TABS = {"masks": "Brush masks", "polygons": "Polygons", "region_points": "Region + points",
-             "points": "Point pairs"}
+             "points": "Point pairs", "transform": "Dragged region"}
 # Clicks accumulate in a per-tab gr.State (read on the server when each click is processed, one at a
 # time), mirrored to the two text boxes: reading the boxes' values as the browser sent them would lose
 # a click made before the previous one's answer arrived.
@@ -420,9 +425,9 @@ def drag_message(seconds: float, reused: bool, timings: dict) -> str:
 # -- the page ---------------------------------------------------------------------------------
 
 HELP = """\
-**1.** Upload a photo. **2.** In a tab, draw a handle (red: where content comes from) and its target
-(blue: where it goes), then press **Add pair**; add as many pairs, of any kinds, as you like.
-Polygons and points are clicked on the preview. **3.** Press **Drag**.
+**1.** Upload a photo. **2.** On the canvas, select a region and drag it (inside: move, corners: scale,
+round grip: rotate); or, below, draw a handle (red: where content comes from) and its target (blue: where
+it goes) in a tab and press **Add pair**; pairs of any kinds add up. **3.** Release (auto-run) or press **Drag**.
 The preview (regions, dense mapping arrows, and the copy-pasted pixels) needs no model."""
 
 
@@ -438,21 +443,64 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
         blank = editor_value(session.photo)
         return session, note, *NO_CLICKS, NO_CLICKS, blank, blank, blank, blank
 
-    @shows_errors
-    def drag(session: Session, mask_value, prompt, steps, start_t, noise_scale, seed, method, ip_scale,
-             paste_schedule, attention_swap, progress=gr.Progress(track_tqdm=True)):
+    def config_of(session: Session, steps, start_t, noise_scale, seed, method, ip_scale, paste_schedule,
+                  attention_swap) -> EditConfig:
+        return edit_config(pipe.config, steps=steps, start_t=start_t, noise_scale=noise_scale, seed=seed,
+                           method=method, ip_scale=ip_scale, paste_schedule=paste_schedule,
+                           attention_swap=bool(attention_swap), max_side=session.max_side)
+
+    def edited(session: Session, regions: list, mask_value, prompt, settings):
+        """(result, message) of one edit of the session's photo, timed, saying whether the inversion was reused."""
         photo = _need_photo(session)
-        if not session.pairs:
-            raise UIError("no pairs to drag: draw a handle and a target, press Add pair, then Drag")
         mask = editor_mask(mask_value, photo, "editable area")
-        config = edit_config(pipe.config, steps=steps, start_t=start_t, noise_scale=noise_scale, seed=seed,
-                             method=method, ip_scale=ip_scale, paste_schedule=paste_schedule,
-                             attention_swap=bool(attention_swap), max_side=session.max_side)
         cached, clock = pipe.cached_inversion(), time.perf_counter()
-        result = run_edit(pipe, photo, session.pairs, prompt or "", mask if mask.any() else None, config)
+        result = run_edit(pipe, photo, regions, prompt or "", mask if mask.any() else None,
+                          config_of(session, *settings))
         seconds = time.perf_counter() - clock
         reused = cached is not None and pipe.cached_inversion() is cached
-        return photo, result.image, drag_message(seconds, reused, result.timings)
+        return result, drag_message(seconds, reused, result.timings)
+
+    @shows_errors
+    def drag(session: Session, mask_value, prompt, *settings, progress=gr.Progress(track_tqdm=True)):
+        if not session.pairs:
+            raise UIError("no pairs to drag: draw a handle and a target, press Add pair, then Drag")
+        result, message = edited(session, session.pairs, mask_value, prompt, settings)
+        return session.photo, result.image, message
+
+    @shows_errors
+    def sync_canvas(session: Session, value):
+        """The canvas's dragged regions replace the session's transform pairs (the ones export writes)."""
+        request = read_request(value)
+        if session.photo is None or not request:
+            return gr.skip()
+        kept = [p for p in session.pairs if p.kind != "transform"]
+        return session.with_pairs(kept + canvas_pairs(request, session.photo.size))
+
+    @shows_errors
+    def edit_on_release(session: Session, value, auto, mask_value, prompt, *settings,
+                        progress=gr.Progress(track_tqdm=True)):
+        """Auto-run: the edit of the canvas's latest regions, from the cached inversion; the page shows
+        it only if no newer request came meanwhile (a queued one is replaced: trigger_mode always_last)."""
+        request = read_request(value)
+        if not auto or session.photo is None or not request:
+            return gr.skip()
+        regions = [p for p in session.pairs if p.kind != "transform"] + canvas_pairs(request, session.photo.size)
+        if not regions:
+            return result_message(request, None, "No regions: select one on the photo.")
+        result, message = edited(session, regions, mask_value, prompt, settings)
+        return result_message(request, result.image, message)
+
+    @shows_errors
+    def invert_ahead(session: Session, prompt, *settings, progress=gr.Progress(track_tqdm=True)):
+        """Invert the photo now, while the user draws: the first drag then runs only the denoising half."""
+        if session.photo is None:
+            return gr.skip()
+        config, clock = config_of(session, *settings), time.perf_counter()
+        cached = pipe.cached_inversion()
+        inversion = pipe.invert(RegionDragPipeline.working_photo(session.photo, config.max_side), prompt or "", config)
+        if inversion is cached:
+            return "Inversion ready (already cached)."
+        return f"Inversion ready ({time.perf_counter() - clock:.2f} s): a drag now runs only the denoising half."
 
     cpu = pipe.device.type == "cpu"
     with gr.Blocks(title="RegionDrag", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as app:
@@ -470,6 +518,15 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
                 export_button = gr.Button("Export regions (.zip: regions.json, masks, photo)", elem_id="export")
                 export_file = gr.File(label="Exported regions", interactive=False, height=120)
         status = gr.Markdown(elem_id="status")
+        with gr.Group():
+            gr.Markdown("### Drag on the photo\nSelect a region (lasso, rectangle, ellipse, polygon), then drag "
+                        "it: the preview follows the mouse; on release the edit runs (with auto-run on).")
+            with gr.Row():
+                auto_run = gr.Checkbox(value=not cpu, label="Auto-run the edit on release" + (
+                    " (on CPU an edit takes long: off by default, use Drag)" if cpu else ""), elem_id="auto-run")
+                inversion_status = gr.Markdown("Inversion: starts when a photo is uploaded.", elem_id="inversion")
+            canvas = canvas_component()
+        gr.Markdown("### Precise input: regions by form (brush masks, polygons, points)")
         with gr.Row():
             with gr.Column():
                 with gr.Tabs():
@@ -538,9 +595,10 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
         def refreshing(event):
             return event.success(render, view_inputs, view_outputs, api_visibility="private", show_progress="hidden")
 
-        refreshing(photo_file.upload(load, photo_file, [session, status, handle_text, target_text, clicks,
+        uploaded = photo_file.upload(load, photo_file, [session, status, handle_text, target_text, clicks,
                                                         handle_editor, target_editor, region_editor, mask_editor],
-                                     api_name="load_photo"))
+                                     api_name="load_photo")
+        refreshing(uploaded)
         for tab, name in ((tab_masks, "masks"), (tab_polygons, "polygons"), (tab_region_points, "region_points"),
                           (tab_points, "points")):
             refreshing(tab.select(functools.partial(lambda name: name, name), None, kind, api_visibility="private"))
@@ -573,9 +631,22 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
         export_button.click(export_regions, session, export_file, api_name="export")
         refreshing(import_files.upload(import_regions, [session, import_files], [session, status],
                                        api_name="import"))
-        drag_button.click(drag, [session, mask_editor, prompt, steps, start_t, noise_scale, seed, method, ip_scale,
-                                 paste_schedule, attention_swap], [input_image, result_image, drag_time],
+        settings = [steps, start_t, noise_scale, seed, method, ip_scale, paste_schedule, attention_swap]
+        drag_button.click(drag, [session, mask_editor, prompt, *settings], [input_image, result_image, drag_time],
                           api_name="drag", concurrency_limit=1, concurrency_id="model")
+        # the drag canvas: a new photo, its inversion at once (and again when a setting it depends on changes)
+        uploaded.success(lambda s: photo_message(s.photo), session, canvas, api_visibility="private",
+                         show_progress="hidden").then(
+            invert_ahead, [session, prompt, *settings], inversion_status, api_visibility="private",
+            concurrency_limit=1, concurrency_id="model")
+        for control in (prompt, steps, start_t, seed, method, ip_scale):
+            control.change(invert_ahead, [session, prompt, *settings], inversion_status, api_visibility="private",
+                           concurrency_limit=1, concurrency_id="model", trigger_mode="always_last")
+        refreshing(canvas.release(sync_canvas, [session, canvas], session, api_visibility="private",
+                                  trigger_mode="always_last", show_progress="hidden"))
+        canvas.release(edit_on_release, [session, canvas, auto_run, mask_editor, prompt, *settings], canvas,
+                       api_visibility="private", concurrency_limit=1, concurrency_id="model",
+                       trigger_mode="always_last", show_progress="hidden")  # the canvas says "editing..."
 
         def forget_session(request: gr.Request) -> None:
             """A closed tab's photo and pairs are freed at once (Gradio would keep them an hour, for a reconnect)."""

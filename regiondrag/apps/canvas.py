@@ -1,0 +1,93 @@
+"""The drag canvas of the browser editor: grab a region of the photo and move, turn or scale it.
+
+The page part is canvas.js (read from disk and served inline: no build step, nothing fetched), run
+by a gr.HTML element. The element's value is the one channel between the two, a JSON string:
+
+- server -> page: ``{"photo": data URL}`` starts over on a new photo; ``{"tab", "seq", "result":
+  data URL, "message"}`` is an edit's result, which the page shows only if ``seq`` is still its
+  latest request (an older edit that finishes late is dropped);
+- page -> server, with the event ``release`` after every finished action (a region selected, moved,
+  deleted, an undo): ``{"tab", "seq", "regions": [{"outline": [[x, y], ...], "matrix": 3x3}]}``,
+  each region a `TransformPair` whose handle is the outline's filled polygon.
+
+The library decides the edit (`dense_mapping` of the transform pairs); the page's warp is its preview.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from ..regions import MAX_POLYGON_VERTICES, RegionError, TransformPair, rasterise_polygon
+
+CANVAS_JS = (Path(__file__).with_name("canvas.js")).read_text()
+TOOLS = ("lasso", "rectangle", "ellipse", "polygon")
+CANVAS_HTML = ('<div class="rd-tools">' + "".join(
+    f'<button data-tool="{t}" class="{"rd-on" if t == "lasso" else ""}">{t.capitalize()}</button>' for t in TOOLS)
+    + '<span class="rd-keys">drag inside: move; corners: scale (Shift: keep aspect); round grip: rotate; '
+      'Delete; Ctrl-Z / Ctrl-Shift-Z</span></div>'
+      '<div class="rd-row"><canvas class="rd-view" width="1" height="1"></canvas>'
+      '<img class="rd-result" alt=""></div><div class="rd-info">Upload a photo to start.</div>')
+CANVAS_CSS = """
+.rd-tools button { margin: 0 4px 4px 0; padding: 2px 10px; border: 1px solid #999; border-radius: 4px; }
+.rd-tools button.rd-on { background: #286eff; color: #fff; }
+.rd-keys { font-size: 0.85em; opacity: 0.8; }
+.rd-row { display: flex; gap: 8px; align-items: flex-start; }
+.rd-view { cursor: crosshair; outline: none; touch-action: none; }
+.rd-result { max-width: 50%; }
+.rd-result:not([src]) { display: none; }
+.rd-info { font-size: 0.9em; margin-top: 4px; }
+"""
+
+
+def canvas_component() -> gr.HTML:
+    return gr.HTML("", html_template=CANVAS_HTML, css_template=CANVAS_CSS, js_on_load=CANVAS_JS,
+                   elem_id="canvas", apply_default_css=False)
+
+
+def data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def photo_message(photo: Image.Image) -> str:
+    return json.dumps({"photo": data_url(photo)})
+
+
+def result_message(request: dict, image: Optional[Image.Image], message: str) -> str:
+    reply = {"tab": request.get("tab"), "seq": request.get("seq"), "message": message}
+    return json.dumps(reply | ({"result": data_url(image)} if image is not None else {}))
+
+
+def read_request(value: Optional[str]) -> dict:
+    """The page's JSON; anything else (no drag yet, the server's own last message) is no request."""
+    try:
+        request = json.loads(value or "")
+    except ValueError:
+        return {}
+    return request if isinstance(request, dict) and isinstance(request.get("regions"), list) else {}
+
+
+def canvas_pairs(request: dict, image_size: tuple[int, int]) -> list[TransformPair]:
+    """The dragged regions as transform pairs, each checked (one line naming the region if unusable)."""
+    pairs = []
+    for i, region in enumerate(request.get("regions", []), start=1):
+        try:
+            outline = np.asarray(region["outline"], np.float64)
+            if outline.ndim != 2 or outline.shape[1] != 2 or not 3 <= len(outline) <= MAX_POLYGON_VERTICES:
+                raise RegionError(f"an outline needs 3 to {MAX_POLYGON_VERTICES} vertices [x, y]")
+            handle = rasterise_polygon(np.clip(outline, 0, np.array(image_size) - 1), image_size)
+            pair = TransformPair(handle, region["matrix"])
+            pair.validate(image_size)
+        except (KeyError, TypeError, ValueError) as e:  # RegionError is a ValueError
+            raise RegionError(f"dragged region {i}: {e if isinstance(e, RegionError) else 'malformed'}; "
+                              f"select it again or delete it") from None
+        pairs.append(pair)
+    return pairs

@@ -1,0 +1,41 @@
+"""The drag canvas's server side: the page's JSON read into transform pairs, bad input in one line."""
+import json
+
+import numpy as np
+import pytest
+
+from regiondrag.apps.canvas import canvas_pairs, read_request, result_message
+from regiondrag.regions import RegionError
+
+SIZE = (120, 80)
+SQUARE = [[10, 10], [40, 10], [40, 30], [10, 30]]
+
+
+def request(*regions):
+    return {"tab": "t", "seq": 3, "regions": list(regions)}
+
+
+def test_a_dragged_region_is_its_filled_outline_and_its_matrix():
+    (pair,) = canvas_pairs(request({"outline": SQUARE, "matrix": [[1, 0, 20], [0, 1, 5], [0, 0, 1]]}), SIZE)
+    assert pair.kind == "transform" and pair.handle.shape == (80, 120)
+    assert pair.handle.sum() == 31 * 21 and pair.handle[10:31, 10:41].all()  # edges included, as fillPoly
+    assert np.array_equal(pair.matrix, [[1, 0, 20], [0, 1, 5], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("region, fragment", [
+    ({"outline": SQUARE[:2], "matrix": [[1, 0, 0], [0, 1, 0]]}, "3 to"),
+    ({"outline": SQUARE}, "malformed"),
+    ({"outline": "x", "matrix": [[1, 0, 0], [0, 1, 0]]}, "malformed"),
+    ({"outline": SQUARE, "matrix": [[0, 0, 0], [0, 0, 0]]}, "singular"),
+    ({"outline": SQUARE, "matrix": [[1, 0, 500], [0, 1, 0]]}, "entirely off"),
+])
+def test_a_bad_region_is_refused_in_one_line_naming_it(region, fragment):
+    with pytest.raises(RegionError, match=fragment) as e:
+        canvas_pairs(request({"outline": SQUARE, "matrix": [[1, 0, 1], [0, 1, 1]]}, region), SIZE)
+    assert str(e.value).startswith("dragged region 2: ") and "\n" not in str(e.value)
+
+
+def test_only_the_pages_requests_are_requests():
+    assert read_request(json.dumps(request())) == request()
+    for other in ("", None, "not json", json.dumps({"photo": "data:"}), result_message(request(), None, "m")):
+        assert read_request(other) == {}
