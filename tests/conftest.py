@@ -8,6 +8,7 @@ TINY_CLIP is a 2-layer CLIP text model whose width is the tiny UNet's context wi
 `sd15_folder` (slow tests only: ~4 GB, ~40 s) holds a UNet and a VAE of SD1.5's shapes.
 """
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -136,3 +137,20 @@ def tiny_sdxl_unet_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sd15_folder(tmp_path_factory) -> Path:
     return save_diffusers_folder(tmp_path_factory.mktemp("sd15"), unet=SD15_UNET, vae=SD15_VAE, text_encoder=None)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """A tiny SD1-shaped UNet and VAE of seeded random weights, and a random prompt embedding (drawn afresh,
+    identically, for each test module)."""
+    from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
+
+    torch.manual_seed(0)
+    return UNet(UNetConfig.tiny()).eval(), AutoencoderKL(VAEConfig.tiny()).eval(), torch.randn(1, 77, 32)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -240,7 +240,7 @@ def test_a_pickle_that_runs_code_is_refused_in_one_line(capsys, tmp_path):
     assert_one_line_error(code, out, err, "refusing to load", "system")
 
 
-# -- issue 13: no input is overwritten, flags are checked before the model, one line for everything ----
+# -- no input is overwritten, flags are checked before the model, one line for everything ------------
 
 import hashlib  # noqa: E402
 import signal  # noqa: E402

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from regiondrag.dragbench import run as E
 from regiondrag.dragbench.distributed import Shard
 from synthetic_dragbench import write_synthetic_dragbench
 from test_evaluation import ROOT, script, table_cells, tiny_args
+from conftest import free_port
 
 # 4 samples x 4 settings, two inversions per sample: 8 groups of work, 4 per rank
 SWEEP = {"grid": {"start_t": [0.5, 0.3], "paste_schedule": ["every_step", "single_step"]}}
@@ -31,12 +31,6 @@ def bench(tmp_path_factory):
     write_synthetic_dragbench(root / "data")
     (root / "sweep.json").write_text(json.dumps(SWEEP))
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(bench: Path, save: Path) -> subprocess.Popen:

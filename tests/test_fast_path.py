@@ -17,12 +17,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    return UNet(UNetConfig.tiny()).eval(), AutoencoderKL(VAEConfig.tiny()).eval(), torch.randn(1, 77, 32)
-
-
-@pytest.fixture(scope="module")
 def photo_and_regions():
     photo = load_image(EXAMPLES / "astronaut.png")
     return photo, regions_from_json(EXAMPLES / "astronaut.json", photo.size)

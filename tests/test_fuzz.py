@@ -1,4 +1,4 @@
-"""Fuzzing the command line (issue 13): whatever the region file, the flags or the photo, a run
+"""Fuzzing the command line: whatever the region file, the flags or the photo, a run
 ends with exit code 0 and a valid output, or exit code 2, one line on stderr and no output —
 never a traceback, never another exit code — and every input file's bytes are unchanged.
 

@@ -1,4 +1,4 @@
-"""The Python API's boundary (issue 13): EditConfig refuses any setting out of range with a
+"""The Python API's boundary: EditConfig refuses any setting out of range with a
 ConfigError naming it, and RegionDragPipeline.edit refuses bad regions, mappings and masks
 with the documented RegionError before any model runs."""
 import math

@@ -1,4 +1,4 @@
-"""Bad input to the scripts (issue 13): one line and exit 2, never a traceback or a silent drop."""
+"""Bad input to the scripts: one line and exit 2, never a traceback or a silent drop."""
 import importlib.util
 from pathlib import Path
 

@@ -268,7 +268,7 @@ def test_to_tensor_and_back_is_exact():
     assert (np.asarray(image_io.to_pil(x)) == _rgb()).all()
 
 
-# -- hostile and odd inputs (issue 13) -------------------------------------------------------------
+# -- hostile and odd inputs -------------------------------------------------------------
 
 def _png_declaring(tmp_path, width: int, height: int):
     """A tiny PNG whose header claims width x height pixels (a decompression bomb's few bytes)."""

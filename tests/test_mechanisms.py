@@ -133,13 +133,6 @@ def simplified_contour_length(cells: np.ndarray, size: tuple[int, int]) -> int:
     return sum(len(c) for c in contours)
 
 
-@pytest.fixture(scope="module")
-def models():
-    from models import AutoencoderKL, VAEConfig
-    torch.manual_seed(0)
-    return UNet(UNetConfig.tiny()).eval(), AutoencoderKL(VAEConfig.tiny()).eval(), torch.randn(1, 77, 32)
-
-
 def test_cp_then_encode_handle_noise_is_the_reference_draw(models):
     """CP then Encode draws one noise for the target's simplified contour and the handles, in that
     order, right after sampling the preview's latent: with the same seed, every vacated handle cell

@@ -30,12 +30,6 @@ N = int(STEPS * START_T)  # inversion steps = denoising steps
 FAST = dict(steps=STEPS, start_t=START_T, max_side=None, progress=False)
 
 
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    return UNet(UNetConfig.tiny()).eval(), AutoencoderKL(VAEConfig.tiny()).eval(), torch.randn(1, 77, 32)
-
-
 @pytest.fixture
 def pipe(models):
     """A fresh pipeline (empty inversion cache) over the shared tiny models."""

@@ -65,7 +65,7 @@ def deadline(seconds: int):
 
 
 def test_many_pairs_on_one_target_cell_finish_with_one_arrow():
-    """41 pairs onto one cell (the arrow lattice could never thin them below MAX_ARROWS): issue 13."""
+    """41 pairs onto one cell (the arrow lattice could never thin them below MAX_ARROWS)."""
     from regiondrag.apps.preview import MAX_ARROWS, _spread
 
     handle = np.stack([np.arange(MAX_ARROWS + 1), np.zeros(MAX_ARROWS + 1, int)], 1)

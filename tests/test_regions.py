@@ -346,7 +346,7 @@ def test_bad_dragbench_fields(tmp_path, meta, expected):
         read_meta_data(tmp_path / "m.pkl")
 
 
-# --- hostile and oversized inputs (issue 13) ------------------------------------------------------
+# --- hostile and oversized inputs ------------------------------------------------------
 
 from regiondrag import regions as R  # noqa: E402
 from regiondrag.apps import region_file  # noqa: E402

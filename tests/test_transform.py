@@ -110,7 +110,7 @@ def test_bad_matrices_are_refused_in_one_line(matrix, fragment):
 
 
 def test_a_matrix_of_non_numbers_is_refused_on_construction():
-    with pytest.raises(RegionError, match="matrix must be an array of numbers"):
+    with pytest.raises(RegionError, match="matrix must be an array of real numbers"):
         TransformPair(rect_mask(64, 48, 136, 120), [[1, 0, "x"], [0, 1, 0]])
 
 

@@ -25,6 +25,7 @@ from regiondrag.attention_swap import AttentionSwap
 from regiondrag.apps.cli import main as cli_main
 from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.regions import MaskPair, PointPairs, PolygonPair, RegionPoints
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHELSEA = ROOT / "examples" / "chelsea.png"  # 451 x 300
@@ -33,12 +34,6 @@ TRIANGLE, QUAD = list(ui.POLYGON_SIDES)
 # prompt, steps, start_t, handle noise, seed, method, image-prompt scale, paste schedule, attention swap
 SETTINGS = ("", 10, 0.5, 1.0, 42, "encode_then_cp", 0.5, "every_step", True)
 NO_MASK = {"background": None, "layers": [], "composite": None, "id": None}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

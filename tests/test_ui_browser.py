@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHELSEA = ROOT / "examples" / "chelsea.png"  # 451 x 300
@@ -28,12 +29,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 playwright = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright")
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"no Chromium at {CHROMIUM}; .ci/run installs Debian's chromium", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

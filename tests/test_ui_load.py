@@ -11,7 +11,6 @@ server's peak RSS after the first few sessions must stay within RSS_GROWTH_BOUND
 It prints requests served, the preview redraws' p50/p95 latency and the peak RSS.
 """
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from PIL import Image
 from regiondrag.attention_swap import AttentionSwap
 from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.regions import PointPairs
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 16
@@ -60,12 +60,6 @@ def pair_of(client: int, variant: int) -> tuple[str, str]:
 def as_pair(text: tuple[str, str]) -> PointPairs:
     handle, target = ([[float(c) for c in t.split(",")]] for t in text)
     return PointPairs(handle, target, 20.0, "disk")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss(pid: int) -> int:
