@@ -122,7 +122,7 @@ class EditConfig:
                 interval = f"{'[' if closed else '('}{low}, {high}]" if high < math.inf else f">= {low}"
                 raise ConfigError(name, value, f"must be a finite number {'in ' if high < math.inf else ''}{interval}")
         if not (_is_int(self.seed) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
-            raise ConfigError("seed", self.seed, f"must be a whole number in 0 ... 2**64 - 1")
+            raise ConfigError("seed", self.seed, "must be a whole number in 0 ... 2**64 - 1")
         if self.max_side is not None and not (_is_int(self.max_side) and 8 <= self.max_side <= MAX_SIDE_LIMIT):
             raise ConfigError("max_side", self.max_side, f"must be a whole number of pixels in 8 ... {MAX_SIDE_LIMIT}")
         self._check_attention_swap()

@@ -8,7 +8,6 @@ import os
 import struct
 import warnings
 import zlib
-from pathlib import Path
 from typing import Union
 
 import numpy as np

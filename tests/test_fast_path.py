@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
 from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.apps.region_file import regions_from_json
 from regiondrag.image_io import load_image

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
+from models import UNet
 from regiondrag.attention_swap import AttentionSwap
 from regiondrag.copy_paste import PASTE_SCHEDULES, add_handle_noise, paste, paste_steps
 from regiondrag.image_io import ImageError

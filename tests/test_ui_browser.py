@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+from contextlib import contextmanager
 import subprocess
 import sys
 import time
@@ -117,65 +118,73 @@ def wait_for_text(page, selector: str, pattern: str, timeout_s: float = 60) -> s
     pytest.fail(f"{selector} never showed {pattern!r}; it shows {text!r}")
 
 
+@contextmanager
+def offline_page(server_url: str, height: int, shots: Path):
+    """A headless Chromium page; on leaving, checks it asked nothing of anywhere but the server (the page must
+    work offline: no asset fetched from the internet), and copies the screenshots in `shots` to
+    $REGIONDRAG_UI_SCREENSHOTS if set (for a look, pass or fail)."""
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            elsewhere = []
+            page.on("request", lambda r: r.url.startswith((server_url, "data:", "blob:")) or elsewhere.append(r.url))
+            yield page
+            assert elsewhere == []
+        finally:
+            browser.close()
+            if os.environ.get("REGIONDRAG_UI_SCREENSHOTS"):
+                shutil.copytree(shots, os.environ["REGIONDRAG_UI_SCREENSHOTS"], dirs_exist_ok=True)
+
+
 @pytest.mark.slow  # about a minute (software-rendered canvas, a subprocess server): CI runs it with -m slow
 def test_draw_and_drag_in_chromium(server_url, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
     print(f"screenshots: {shots}")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})  # the drag canvas sits above the tabs
-            elsewhere = []  # requests to anywhere but the server: the page must work offline
-            page.on("request", lambda r: r.url.startswith((server_url, "data:", "blob:")) or elsewhere.append(r.url))
-            page.goto(server_url)
-            page.locator("#photo input[type=file]").set_input_files(str(CHELSEA))
-            wait_for_text(page, "#status", r"Photo 451x300")
-            wait_for_text(page, "#inversion", r"Inversion ready \(\d", timeout_s=120)  # run on upload
-            page.locator("#handle-editor canvas").first.wait_for()
-            page.wait_for_timeout(500)  # the canvases draw the photo
-            page.screenshot(path=shots / "1_uploaded.png", full_page=True)
+    with offline_page(server_url, 2400, shots) as page:  # the drag canvas sits above the tabs
+        page.goto(server_url)
+        page.locator("#photo input[type=file]").set_input_files(str(CHELSEA))
+        wait_for_text(page, "#status", r"Photo 451x300")
+        wait_for_text(page, "#inversion", r"Inversion ready \(\d", timeout_s=120)  # run on upload
+        page.locator("#handle-editor canvas").first.wait_for()
+        page.wait_for_timeout(500)  # the canvases draw the photo
+        page.screenshot(path=shots / "1_uploaded.png", full_page=True)
 
-            # brush masks: paint the handle (the cat's left eye) and a target to its right
-            paint(page, "handle-editor", zigzag(150, 110, 220, 170))
-            paint(page, "target-editor", zigzag(250, 120, 320, 180))
-            page.screenshot(path=shots / "2_painted.png", full_page=True)
-            page.locator("#add-masks").click()
-            summary = wait_for_text(page, "#summary", r"1\. brush masks")
-            cells = int(re.search(r"moves (\d+) latent cells", summary).group(1))
-            assert cells > 10, summary  # the painted areas reached the server as masks
+        # brush masks: paint the handle (the cat's left eye) and a target to its right
+        paint(page, "handle-editor", zigzag(150, 110, 220, 170))
+        paint(page, "target-editor", zigzag(250, 120, 320, 180))
+        page.screenshot(path=shots / "2_painted.png", full_page=True)
+        page.locator("#add-masks").click()
+        summary = wait_for_text(page, "#summary", r"1\. brush masks")
+        cells = int(re.search(r"moves (\d+) latent cells", summary).group(1))
+        assert cells > 10, summary  # the painted areas reached the server as masks
 
-            # polygons: click a triangle's 3 vertices for the handle, then 3 for the target
-            page.get_by_role("tab", name="Polygons").click()
-            handle, target = [(100, 200), (200, 200), (150, 280)], [(260, 190), (380, 200), (310, 285)]
-            for n, (x, y) in enumerate(handle + target, start=1):
-                click_preview(page, x, y, n)
-            wait_for_text(page, "#summary", r"\+ the pair being clicked")
-            page.screenshot(path=shots / "3_polygon_clicked.png", full_page=True)
-            boxes = [page.locator(f"#{side}-text textarea").input_value() for side in ("handle", "target")]
-            vertices = [[float(c) for c in v.split(",")] for v in ";".join(boxes).split(";")]
-            assert np.abs(np.array(vertices) - np.array(handle + target)).max() <= 2, vertices
-            page.locator("#add-polygons").click()
-            wait_for_text(page, "#summary", r"1\. brush masks, 2\. polygons;")
-            page.screenshot(path=shots / "4_pairs_added.png", full_page=True)
+        # polygons: click a triangle's 3 vertices for the handle, then 3 for the target
+        page.get_by_role("tab", name="Polygons").click()
+        handle, target = [(100, 200), (200, 200), (150, 280)], [(260, 190), (380, 200), (310, 285)]
+        for n, (x, y) in enumerate(handle + target, start=1):
+            click_preview(page, x, y, n)
+        wait_for_text(page, "#summary", r"\+ the pair being clicked")
+        page.screenshot(path=shots / "3_polygon_clicked.png", full_page=True)
+        boxes = [page.locator(f"#{side}-text textarea").input_value() for side in ("handle", "target")]
+        vertices = [[float(c) for c in v.split(",")] for v in ";".join(boxes).split(";")]
+        assert np.abs(np.array(vertices) - np.array(handle + target)).max() <= 2, vertices
+        page.locator("#add-polygons").click()
+        wait_for_text(page, "#summary", r"1\. brush masks, 2\. polygons;")
+        page.screenshot(path=shots / "4_pairs_added.png", full_page=True)
 
-            # drag, and wait for the result at the photo's size
-            page.locator("#drag").click()
-            # inverted ahead, on upload: the drag runs only the denoising half
-            message = wait_for_text(page, "#drag-time", r"Dragged in .*cached inversion of this photo was reused",
-                                    timeout_s=240)
-            result = page.locator("#result img").first
-            result.wait_for()
-            assert result.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [451, 300], message
-            page.screenshot(path=shots / "6_result.png", full_page=True)
+        # drag, and wait for the result at the photo's size
+        page.locator("#drag").click()
+        # inverted ahead, on upload: the drag runs only the denoising half
+        message = wait_for_text(page, "#drag-time", r"Dragged in .*cached inversion of this photo was reused",
+                                timeout_s=240)
+        result = page.locator("#result img").first
+        result.wait_for()
+        assert result.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [451, 300], message
+        page.screenshot(path=shots / "6_result.png", full_page=True)
 
-            # a bad input shows its message in the page, and the page keeps working
-            page.locator("#add-polygons").click()
-            page.get_by_text("no handle vertices yet").first.wait_for(timeout=30_000)
-            page.screenshot(path=shots / "7_error.png", full_page=True)
-            assert elsewhere == []
-        finally:
-            browser.close()
-            keep = os.environ.get("REGIONDRAG_UI_SCREENSHOTS")  # a folder to copy them to, for a look
-            if keep:
-                shutil.copytree(shots, keep, dirs_exist_ok=True)
+        # a bad input shows its message in the page, and the page keeps working
+        page.locator("#add-polygons").click()
+        page.get_by_text("no handle vertices yet").first.wait_for(timeout=30_000)
+        page.screenshot(path=shots / "7_error.png", full_page=True)
