@@ -11,7 +11,7 @@ from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.apps.region_file import regions_from_json
 from regiondrag.image_io import load_image
 
-from regiondrag.apps.benchmark import DiffusersUNet, DiffusersVAE  # the benchmark's in-run baseline (scripts/)
+from regiondrag.apps.baseline import DiffusersUNet, DiffusersVAE  # the benchmark's in-run baseline
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
