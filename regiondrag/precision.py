@@ -38,11 +38,15 @@ VAE_CHANNELS_LAST = {torch.bfloat16: True}
 def cpu_flags() -> frozenset[str]:
     """This CPU's feature flags, from /proc/cpuinfo (empty where there is none: then nothing counts as native)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return parse_cpu_flags(Path("/proc/cpuinfo").read_text())
     except OSError:
         return frozenset()
+
+
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The flags of /proc/cpuinfo's text: x86 lists them as "flags", Arm as "Features"."""
     flags = set()
-    for line in text.splitlines():
+    for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
@@ -68,6 +72,12 @@ def default_dtype(device: str, flags: Optional[frozenset[str]] = None) -> tuple[
         return torch.bfloat16, f"this CPU computes bfloat16 natively ({flag}); --dtype fp32 for float32"
     return torch.float32, (f"this CPU ({platform.machine() or 'unknown'}) has no native bfloat16 arithmetic "
                            "(AVX512-BF16, AMX or Arm BF16), so float32 is fastest")
+
+
+def precision_note(device, dtype: torch.dtype) -> str:
+    """"bfloat16 (why)": a pipeline's dtype as the CLI prints it and the browser editor shows it."""
+    default, why = default_dtype(str(device))
+    return f"{dtype_name(dtype)} ({why if dtype == default else 'as asked'})"
 
 
 def emulated_dtype_error(device: str, dtype: torch.dtype, flags: Optional[frozenset[str]] = None) -> Optional[str]:
