@@ -116,6 +116,7 @@ def summary(results: dict) -> str:
             limit = PEAK_GOAL_GIB["--ip-adapter" in flags]
             goals.append(f"memory {'met' if gib <= limit else 'missed'} (<= {limit} GB)")
         warm = r.get("compile_warm_start_s")
+        warm = warm if isinstance(warm, (int, float)) else None  # (a failed warm start is in the JSON)
         lines.append(
             f"| {name} | {ours['edit_s']:.3f} s | {ours['reedit_s']:.3f} s | {ours['unet_call_s'] * 1e3:.1f} ms | "
             + (f"{base['edit_s']:.3f} s / {base['reedit_s']:.3f} s | {ratio['edit_s']:.2f}x, {ratio['reedit_s']:.2f}x | "
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.dry_run else "cuda"
     bench = ["--device", device, "--baseline", "diffusers"] + (
-        ["--size", "tiny", "--dtype", "fp32", "--runs", "1", "--warmup", "0", "--compile-backend", "aot_eager"]
+        ["--size", "tiny", "--dtype", "fp32", "--runs", "1", "--warmup", "0", "--compile-backend", "eager"]
         if args.dry_run else ["--size", "sd15", "--dtype", "fp16", "--runs", "5", "--warmup", "2",
                               "--compile-mode", "default"])
     env = {"device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or 'x86_64'})",

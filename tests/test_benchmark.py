@@ -41,7 +41,8 @@ def test_timed_calls_run_in_inference_mode_on_frozen_models(tmp_path, monkeypatc
     result = json.loads(out.read_text())
     ours, base = result["runs"]
     assert (ours["name"], base["name"]) == ("ours, float32", "diffusers, float32")
-    assert base["max_pixel_diff_vs_ours"] == 0  # diffusers' IP-Adapter processors, the reference's 32 tokens
+    # diffusers' IP-Adapter processors and image projection on the reference's 32 tokens: ours to float rounding
+    assert base["max_pixel_diff_vs_ours"] <= 1
     assert result["ip_adapter"] and ours["peak_rss_bytes"] > 0 and "diffusers, float32 / ours, float32" in result["ratios"]
 
 
@@ -74,8 +75,9 @@ def test_peak_memory_is_reset_between_configurations():
 def test_gpu_check_dry_run_runs_the_whole_sequence(tmp_path):
     """scripts/gpu_check.py --dry-run: the GPU tests, then every benchmark configuration beside the baseline,
     compile times of the compiled ones (a second process's with the warm cache where asked), one table."""
-    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", str(tmp_path), "--dry-run"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    # (a budget far above its ~1.5 minutes, so that others' load on a shared CI machine skips no step)
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", str(tmp_path), "--dry-run", "--budget-s", "1200"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1300)
     assert proc.returncode == 0, proc.stdout[-3000:] + (tmp_path / "log.txt").read_text()[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "log.txt", "summary.md"]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -84,7 +86,7 @@ def test_gpu_check_dry_run_runs_the_whole_sequence(tmp_path):
     assert len(benches) == 6 and all(b["status"] == "ok" for b in benches.values())
     for name, b in benches.items():
         ours, base = b["runs"]
-        assert base["max_pixel_diff_vs_ours"] == 0 and b["ip_adapter"] == ("IP" in name), name
+        assert base["max_pixel_diff_vs_ours"] <= ("IP" in name) and b["ip_adapter"] == ("IP" in name), name
         assert (ours["compile_first_edit_s"] is not None) == b["compile"] == name.startswith("compiled"), name
         assert ("compile_warm_start_s" in b) == ("CUDA graphs" in name), name
     assert "profile" in benches["compiled + CUDA graphs + IP"]

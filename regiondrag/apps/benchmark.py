@@ -57,22 +57,25 @@ SIZES = {"tiny": (UNetConfig.tiny(), VAEConfig.tiny(), 128),
          **{name: (b.unet, b.vae, b.working_size) for name, b in BACKBONES.items()}}
 
 
-def timed(fn, device, runs: int, warmup: int = 1) -> tuple[list[float], object]:
-    """Seconds of each of `runs` calls after `warmup` calls, and the last call's result."""
+def timed(fn, device, runs: int, warmup: int = 1) -> tuple[list[float], list[float], object]:
+    """Wall-clock and process CPU seconds of each of `runs` calls after `warmup` calls, and the last call's
+    result. (CPU seconds count this process's threads alone: on a shared CPU they move less with others' load.)"""
     for _ in range(warmup):
         fn()
-    out, result = [], None
+    wall, cpu, result = [], [], None
     for _ in range(runs):
         synchronize(device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         result = fn()
         synchronize(device)
-        out.append(time.perf_counter() - t)
-    return out, result
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return wall, cpu, result
 
 
-def stats(xs: list[float]) -> str:
-    return f"{statistics.median(xs) * 1e3:9.1f} ms  (min {min(xs) * 1e3:.1f}, max {max(xs) * 1e3:.1f}, n={len(xs)})"
+def stats(xs: list[float], cpu: list[float]) -> str:
+    return (f"{statistics.median(xs) * 1e3:9.1f} ms  (min {min(xs) * 1e3:.1f}, max {max(xs) * 1e3:.1f}, n={len(xs)}; "
+            f"CPU {statistics.median(cpu) * 1e3:.1f} ms)")
 
 
 # -- peak memory ---------------------------------------------------------------------------------
@@ -176,10 +179,10 @@ def measure(name: str, pipe: RegionDragPipeline, args, photo, regions, max_side:
         pipe.clear_cache()
         return pipe.edit(photo, regions, **kwargs)
 
-    edit, last = timed(full, device, args.runs, warmup=args.warmup)
+    edit, edit_cpu, last = timed(full, device, args.runs, warmup=args.warmup)
     image, phases = np.asarray(last.image), last.timings
     # the models are warm and the last full edit left its inversion cached: no warm-up needed
-    reedit, _ = timed(lambda: pipe.edit(photo, regions, **kwargs), device, args.runs, warmup=0)
+    reedit, reedit_cpu, _ = timed(lambda: pipe.edit(photo, regions, **kwargs), device, args.runs, warmup=0)
 
     inv = pipe.cached_inversion()
     w, h = latent_size_of(working_size(*photo.size, max_side))
@@ -189,20 +192,22 @@ def measure(name: str, pipe: RegionDragPipeline, args, photo, regions, max_side:
     def unet_call():  # its output dropped at once: a CUDA graph's next replay overwrites it
         pipe.unet(x, t, inv.context, kv=kv, image_prompt=inv.image_prompt)
 
-    unet_call, _ = timed(unet_call, device, args.runs, warmup=args.warmup)
+    unet_call, unet_call_cpu, _ = timed(unet_call, device, args.runs, warmup=args.warmup)
     peak = peak_memory(device)
 
     print(f"\n[{name}]")
-    print(f"  full edit      {stats(edit)}")
-    print(f"  re-edit        {stats(reedit)}")
-    print(f"  UNet call      {stats(unet_call)}")
+    print(f"  full edit      {stats(edit, edit_cpu)}")
+    print(f"  re-edit        {stats(reedit, reedit_cpu)}")
+    print(f"  UNet call      {stats(unet_call, unet_call_cpu)}")
     for k, v in phases.items():
         print(f"    {k:22s} {v * 1e3:9.1f} ms")
     kv_bytes = inv.kv.nbytes()
     print(f"  peak memory    {describe_peak(peak)}")
     print(f"  cached K/V     {kv_bytes / 2**30:.3f} GiB (the re-edit cache's self-attention keys/values)")
     return {"name": name, "dtype": dtype_name(pipe.dtype), "edit_s": statistics.median(edit),
-            "reedit_s": statistics.median(reedit), "unet_call_s": statistics.median(unet_call), **peak,
+            "reedit_s": statistics.median(reedit), "unet_call_s": statistics.median(unet_call),
+            "edit_cpu_s": statistics.median(edit_cpu), "reedit_cpu_s": statistics.median(reedit_cpu),
+            "unet_call_cpu_s": statistics.median(unet_call_cpu), **peak,
             "kv_cache_bytes": kv_bytes, "phases_s": phases, "edit_runs_s": edit, "reedit_runs_s": reedit,
             "image": image}
 
@@ -249,12 +254,21 @@ def warm_start(argv: list[str], cache: Path) -> float:
                            "--compile-start-only"], capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"the warm-start process failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["compile_first_edit_s"]
+    return round(json.loads(proc.stdout.strip().splitlines()[-1])["compile_first_edit_s"], 2)
+
+
+def diagnostic(fn, *args):
+    """fn(*args), or its error in a line: a profile or a warm start that fails must not lose the timings."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 (reported, not hidden)
+        print(f"  {fn.__name__} failed: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def ratio(a: dict, b: dict) -> dict:
-    """How many times faster b is than a, per measure."""
-    return {k: a[k] / b[k] for k in ("edit_s", "reedit_s", "unet_call_s")}
+    """How many times faster b is than a, per measure (wall clock, and process CPU time)."""
+    return {k: a[k] / b[k] for k in ("edit_s", "reedit_s", "unet_call_s", "edit_cpu_s", "reedit_cpu_s", "unet_call_cpu_s")}
 
 
 def parse_args(argv):
@@ -334,7 +348,7 @@ def main(argv=None) -> int:
             run = dict(measure(f"ours, {dtype_name(dtype)}", pipe, args, photo, regions, max_side),
                        compile_first_edit_s=first)
             if args.profile and dtype == dtypes[0]:
-                result["profile"] = profile_reedit(pipe, photo, regions, max_side)
+                result["profile"] = diagnostic(profile_reedit, pipe, photo, regions, max_side)
             result["runs"].append(run)
             if args.baseline:  # built from ours, then ours freed: the baseline's peak is its own
                 baseline = diffusers_baseline(pipe)
@@ -349,17 +363,18 @@ def main(argv=None) -> int:
             else:
                 del pipe
         if args.compile and args.warm_start:
-            result["compile_warm_start_s"] = warm = warm_start(argv, cache)
-            print(f"compile + first edit in a second process (warm cache): {warm:.1f} s")
+            result["compile_warm_start_s"] = warm = diagnostic(warm_start, argv, cache)
+            print(f"compile + first edit in a second process (warm cache): {warm} s")
 
     by_name = {r["name"]: r for r in result["runs"]}
-    print("\nspeed-up (times faster; full edit, re-edit, UNet call):")
+    print("\nspeed-up (times faster; full edit, re-edit, UNet call; wall clock, and in CPU time):")
     for r in result["runs"]:
         if r["name"].startswith("diffusers"):
             for o in (o for o in result["runs"] if o["name"].startswith("ours")):
                 key = f"{r['name']} / {o['name']}"
                 result["ratios"][key] = q = ratio(r, o)
-                print(f"  {key:36s} {q['edit_s']:.2f}x  {q['reedit_s']:.2f}x  {q['unet_call_s']:.2f}x")
+                print(f"  {key:36s} {q['edit_s']:.2f}x  {q['reedit_s']:.2f}x  {q['unet_call_s']:.2f}x;  "
+                      f"CPU {q['edit_cpu_s']:.2f}x  {q['reedit_cpu_s']:.2f}x  {q['unet_call_cpu_s']:.2f}x")
     for r in by_name.values():
         r.pop("image")
     if args.json:
