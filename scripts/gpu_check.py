@@ -66,7 +66,8 @@ def install_missing(log) -> dict:
                          f"`python scripts/gpu_check.py --fetch-wheels` where PyPI answers, and carry gpu_wheels")
     site = Path("/tmp/regiondrag-gpu-site")
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                           "--no-cache-dir", "--upgrade", "--target", str(site), *wheels], capture_output=True, text=True)
+                           "--no-cache-dir", "--upgrade", "--target", str(site), *wheels],
+                          capture_output=True, text=True)
     log.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"installing {', '.join(missing)} from {WHEELS} failed: {proc.stderr.strip()[-300:]}")
@@ -111,23 +112,25 @@ def summary(results: dict) -> str:
         reserved = ours.get("peak_reserved_bytes", 0) / 2**30
         goals = []
         if r["device"].startswith("cuda"):
-            goals = [f"{k.removesuffix('_s')} {'met' if ours[k] <= v else 'missed'} (<= {v} s)" for k, v in GOALS.items()
-                     if "--ip-adapter" in flags]
+            goals = [f"{k.removesuffix('_s')} {'met' if ours[k] <= v else 'missed'} (<= {v} s)"
+                     for k, v in GOALS.items() if "--ip-adapter" in flags]
             limit = PEAK_GOAL_GIB["--ip-adapter" in flags]
             goals.append(f"memory {'met' if gib <= limit else 'missed'} (<= {limit} GB)")
         warm = r.get("compile_warm_start_s")
         warm = warm if isinstance(warm, (int, float)) else None  # (a failed warm start is in the JSON)
         lines.append(
             f"| {name} | {ours['edit_s']:.3f} s | {ours['reedit_s']:.3f} s | {ours['unet_call_s'] * 1e3:.1f} ms | "
-            + (f"{base['edit_s']:.3f} s / {base['reedit_s']:.3f} s | {ratio['edit_s']:.2f}x, {ratio['reedit_s']:.2f}x | "
-               f"max diff {base['max_pixel_diff_vs_ours']} | " if base else "| | | ")
+            + (f"{base['edit_s']:.3f} s / {base['reedit_s']:.3f} s | "
+               f"{ratio['edit_s']:.2f}x, {ratio['reedit_s']:.2f}x | max diff {base['max_pixel_diff_vs_ours']} | "
+               if base else "| | | ")
             + f"{gib:.2f} / {reserved:.2f} GiB | "
             + (f"{ours['compile_first_edit_s']:.0f} s / {warm:.0f} s | " if warm is not None else
                f"{ours['compile_first_edit_s']:.0f} s / - | " if ours.get("compile_first_edit_s") else "- | ")
             + f"{'; '.join(goals)} |")
     env = results["environment"]
     head = (f"GPU check: {env['device']}, torch {env['torch']}, Python {env['python']}; SD1.5 {env['size']} random "
-            f"weights, {env['dtype']}, 20 steps, start_t 0.5; medians of {env['runs']} warm runs; ratio = baseline / ours")
+            f"weights, {env['dtype']}, 20 steps, start_t 0.5; medians of {env['runs']} warm runs; "
+            "ratio = baseline / ours")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -154,7 +157,8 @@ def main(argv=None) -> int:
         if args.dry_run else ["--size", "sd15", "--dtype", "fp16", "--runs", "5", "--warmup", "2",
                               "--compile-mode", "default"])
     env = {"device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or 'x86_64'})",
-           "torch": torch.__version__, "python": platform.python_version(), "size": "tiny" if args.dry_run else "512 px",
+           "torch": torch.__version__, "python": platform.python_version(),
+           "size": "tiny" if args.dry_run else "512 px",
            "dtype": "float32" if args.dry_run else "float16", "runs": 1 if args.dry_run else 5}
     results = {"environment": env, "dry_run": args.dry_run, "benchmarks": {}}
     with open(args.out / "log.txt", "w") as log:
@@ -175,7 +179,8 @@ def main(argv=None) -> int:
     (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2))
     print("\n" + table)
     failed = [k for k, r in [("GPU tests", results["tests"]), *results["benchmarks"].items()] if r["status"] != "ok"]
-    print(f"wrote {args.out}/gpu_check.json, summary.md, log.txt" + (f"; not ok: {', '.join(failed)}" if failed else ""))
+    print(f"wrote {args.out}/gpu_check.json, summary.md, log.txt"
+          + (f"; not ok: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

@@ -26,6 +26,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,7 @@ import torch
 
 from models.backbones import BACKBONES
 from models.random_weights import random_sd
-from models.unet import Conditioning, UNetConfig
+from models.unet import UNetConfig
 from models.vae import VAEConfig
 from sampling import START_T, STEPS
 from weights.ip_adapter import IP_ADAPTER_REPO
@@ -46,7 +47,7 @@ from weights.ip_adapter import IP_ADAPTER_REPO
 from ..attention_swap import AttentionSwap
 from ..image_io import load_image, working_size
 from ..mapping import latent_size_of
-from ..pipeline import CUDA_GRAPH_MODES, DTYPES, RegionDragPipeline, default_device_dtype, synchronize
+from ..pipeline import CUDA_GRAPH_MODES, DTYPES, RegionDragPipeline, synchronize
 from ..precision import default_dtype, dtype_name
 from .region_file import regions_from_json
 
@@ -268,7 +269,8 @@ def diagnostic(fn, *args):
 
 def ratio(a: dict, b: dict) -> dict:
     """How many times faster b is than a, per measure (wall clock, and process CPU time)."""
-    return {k: a[k] / b[k] for k in ("edit_s", "reedit_s", "unet_call_s", "edit_cpu_s", "reedit_cpu_s", "unet_call_cpu_s")}
+    return {k: a[k] / b[k] for k in ("edit_s", "reedit_s", "unet_call_s",
+                                     "edit_cpu_s", "reedit_cpu_s", "unet_call_cpu_s")}
 
 
 def parse_args(argv):
@@ -320,7 +322,7 @@ def main(argv=None) -> int:
     max_side = SIZES[args.size][2]
     photo = load_image(PHOTO)
     regions = regions_from_json(REGIONS, photo.size)
-    cache = args.compile_cache or Path(tempfile.mkdtemp(prefix="regiondrag-compile-"))
+    cache = args.compile_cache or (Path(tempfile.mkdtemp(prefix="regiondrag-compile-")) if args.compile else None)
     if args.compile:  # before anything compiles: the first compile is cold, the warm start reads what it wrote
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
 
@@ -343,7 +345,8 @@ def main(argv=None) -> int:
             pipe = ours(args, device, dtype)
             first = compile_first_edit(pipe, args, photo, regions, max_side) if args.compile else None
             if first is not None:
-                print(f"compile + first edit ({'cold cache' if dtype == dtypes[0] else 'compiled again'}): {first:.1f} s")
+                cold = "cold cache" if dtype == dtypes[0] else "compiled again"
+                print(f"compile + first edit ({cold}): {first:.1f} s")
             reset_peak_memory(device)  # the edits' peak: not the weights' construction in float32, nor compiling
             run = dict(measure(f"ours, {dtype_name(dtype)}", pipe, args, photo, regions, max_side),
                        compile_first_edit_s=first)
@@ -366,7 +369,8 @@ def main(argv=None) -> int:
             result["compile_warm_start_s"] = warm = diagnostic(warm_start, argv, cache)
             print(f"compile + first edit in a second process (warm cache): {warm} s")
 
-    by_name = {r["name"]: r for r in result["runs"]}
+    if cache is not None and args.compile_cache is None:
+        shutil.rmtree(cache, ignore_errors=True)  # the new folder made for this run
     print("\nspeed-up (times faster; full edit, re-edit, UNet call; wall clock, and in CPU time):")
     for r in result["runs"]:
         if r["name"].startswith("diffusers"):
@@ -375,8 +379,8 @@ def main(argv=None) -> int:
                 result["ratios"][key] = q = ratio(r, o)
                 print(f"  {key:36s} {q['edit_s']:.2f}x  {q['reedit_s']:.2f}x  {q['unet_call_s']:.2f}x;  "
                       f"CPU {q['edit_cpu_s']:.2f}x  {q['reedit_cpu_s']:.2f}x  {q['unet_call_cpu_s']:.2f}x")
-    for r in by_name.values():
-        r.pop("image")
+    for r in result["runs"]:
+        r.pop("image")  # compared above; not JSON
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")

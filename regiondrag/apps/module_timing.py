@@ -40,7 +40,8 @@ def time_modules(size: str, device: torch.device, runs: int, warmup: int, out: O
         for dtype in dtypes:
             unet, vae = unet.to(dtype), vae.to(dtype)
             ctx = context.to(device=device, dtype=dtype)
-            calls = {"unet": lambda: unet(latent.to(dtype), t, ctx), "vae encode": lambda: vae.encode_moments(photo.to(dtype)),
+            calls = {"unet": lambda: unet(latent.to(dtype), t, ctx),
+                     "vae encode": lambda: vae.encode_moments(photo.to(dtype)),
                      "vae decode": lambda: vae.decode(latent.to(dtype))}
             for fmt in (torch.contiguous_format, torch.channels_last):
                 unet, vae = unet.to(memory_format=fmt), vae.to(memory_format=fmt)
