@@ -42,9 +42,12 @@ from .copy_paste import add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .image_prompt import ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
+from .precision import default_dtype, vae_channels_last
 from .regions import Region, check_edit_inputs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
+# torch.compile's modes without CUDA graphs -> the same with them (RegionDragPipeline.compile(cuda_graphs=True))
+CUDA_GRAPH_MODES = {"max-autotune-no-cudagraphs": "max-autotune", "default": "reduce-overhead"}
 
 
 def backbone_config(backbone: str) -> EditConfig:
@@ -85,9 +88,10 @@ class EditResult:
 
 
 def default_device_dtype(device: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> tuple[str, torch.dtype]:
-    """The given ones, else cuda when available (cpu otherwise) and fp16 on cuda (the reference's), fp32 elsewhere."""
+    """The given ones, else cuda when available (cpu otherwise) and the device's default dtype (precision.py:
+    fp16 on cuda, the reference's; on a CPU bf16 where it computes bf16 natively, else fp32)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return device, dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+    return device, dtype or default_dtype(device)[0]
 
 
 def synchronize(device: torch.device) -> None:
@@ -121,6 +125,8 @@ class RegionDragPipeline:
         self.config = backbone_config(self.backbone)
         p = next(unet.parameters())
         self.device, self.dtype = p.device, p.dtype
+        if isinstance(vae, AutoencoderKL) and vae_channels_last(self.device, self.dtype):  # measured faster there
+            vae.to(memory_format=torch.channels_last)
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
         self._cache: tuple[tuple, Inversion] | None = None  # the last image's inversion
         self._timesteps: dict[int, Tensor] = {}
@@ -154,17 +160,22 @@ class RegionDragPipeline:
         """Forget the cached inversion (its K/V are ~0.5 GB at 512px in fp16)."""
         self._cache = None
 
-    def compile(self, mode: str = "max-autotune-no-cudagraphs", backend="inductor") -> None:
-        """torch.compile the UNet and both VAE halves; the first edit at each size compiles.
+    def compile(self, mode: str = "max-autotune-no-cudagraphs", backend="inductor", cuda_graphs: bool = False) -> None:
+        """torch.compile the UNet and both VAE halves; the first edit at each photo size compiles.
 
         Attention control is plain arguments, so the UNet traces as one graph (fullgraph=True)
-        per K/V pattern: record, replay all layers, or a chosen subset.
+        per K/V pattern: record, replay all layers, or a chosen subset. Shapes are static
+        (dynamic=False): one set of graphs per photo size, none recompiled by later edits.
+        cuda_graphs: the denoising half (the UNet calls that replay K/V, the decode) runs as CUDA
+        graphs (inductor's cudagraph trees, on GPU; a no-op on CPU): each UNet call is one graph
+        launch, and nothing in the loop waits for the GPU (timesteps and K/V are device tensors).
         """
         options = dict(backend=backend, dynamic=False, **({"mode": mode} if backend == "inductor" else {}))
-        self.unet.forward = torch.compile(self.unet.forward, fullgraph=True, **options)
+        graphs = dict(options, **({"mode": CUDA_GRAPH_MODES[mode]} if backend == "inductor" and cuda_graphs else {}))
+        self.unet.forward = torch.compile(self.unet.forward, fullgraph=True, **graphs)
         self.unet.forward_recording_kv = torch.compile(self.unet.forward_recording_kv, fullgraph=True, **options)
-        self.vae.encode_moments = torch.compile(self.vae.encode_moments, **options)
-        self.vae.decode = torch.compile(self.vae.decode, **options)
+        self.vae.encode_moments = torch.compile(self.vae.encode_moments, fullgraph=True, **options)
+        self.vae.decode = torch.compile(self.vae.decode, fullgraph=True, **graphs)
 
     def _timestep(self, t: int) -> Tensor:
         """Timesteps as device tensors (made once): a Python int would be a compile-time constant."""
@@ -355,18 +366,27 @@ class RegionDragPipeline:
         return self.vae.sample(mean, logvar, generator) * self.vae.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
+        """The decoded images; checked for NaN/inf after the decode, so the denoising half waits for the device
+        once, at its end."""
+        images = self.vae.decode(latents / self.vae.scaling_factor)
+        if torch.isfinite(images).all():  # the denoising half's one wait for the device
+            return images
         if not torch.isfinite(latents).all():
             raise FloatingPointError(f"the denoised latent has NaN/inf values in {self.dtype}; "
                                      "run with dtype=torch.float32 (CLI: --dtype fp32) or bfloat16")
-        return self._vae_finite("decode", latents / self.vae.scaling_factor)
+        return self._redo_in_fp32("decode", latents / self.vae.scaling_factor)
 
     def _vae_finite(self, half: str, x: Tensor):
-        """Run a VAE half ("encode_moments" or "decode"); if fp16 overflows (the SD VAE can), redo it with
-        an fp32 copy of the VAE (made once; the shared one is never converted mid-call) and say so."""
+        """Run a VAE half ("encode_moments" or "decode"); if fp16 overflows (the SD VAE can), redo it in fp32."""
         out = getattr(self.vae, half)(x)
         first = out[0] if isinstance(out, tuple) else out
         if self.dtype == torch.float32 or torch.isfinite(first).all():
             return out
+        return self._redo_in_fp32(half, x)
+
+    def _redo_in_fp32(self, half: str, x: Tensor):
+        """A VAE half redone with an fp32 copy of the VAE (made once; the shared one is never converted mid-call),
+        saying so."""
         warnings.warn(f"the VAE overflowed in {str(self.dtype).removeprefix('torch.')}; recomputed in float32", RuntimeWarning)
         if self._vae_fp32 is None:
             self._vae_fp32 = AutoencoderKL(self.vae.cfg).to(self.device)

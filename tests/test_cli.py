@@ -10,12 +10,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from regiondrag import precision
 from regiondrag.apps.cli import main
+from regiondrag.pipeline import RegionDragPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -53,6 +56,36 @@ def test_edit_end_to_end(capsys, tmp_path, tiny_sd_folder):
     result = Image.open(out)
     assert result.format == "PNG" and result.mode == "RGB" and result.size == Image.open(CHELSEA).size
     assert np.abs(photo_array(out).astype(int) - photo_array(CHELSEA)).mean() > 1  # the model did something
+
+
+@pytest.mark.parametrize("flags, dtype, why", [
+    (frozenset(), "float32", "has no native bfloat16 arithmetic"),
+    (frozenset({"avx512_bf16"}), "bfloat16", "this CPU computes bfloat16 natively (avx512_bf16)"),
+])
+def test_the_default_dtype_and_why_are_one_line(capsys, tmp_path, tiny_sd_folder, monkeypatch, flags, dtype, why):
+    """Without --dtype, a CPU edit runs in bfloat16 only where the CPU has bfloat16 arithmetic, and says so."""
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    loaded = []
+    monkeypatch.setattr(RegionDragPipeline, "edit", lambda pipe, *a, **kw: loaded.append(pipe.dtype) or
+                        SimpleNamespace(image=Image.new("RGB", (451, 300)), preview=None))
+    code, _, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png",
+                       "--weights", tiny_sd_folder, "--device", "cpu")
+    assert code == 0, err
+    assert [str(d) for d in loaded] == [f"torch.{dtype}"]
+    said = [line for line in err.splitlines() if line.startswith("running on")]  # (transformers' bars aside)
+    assert len(said) == 1 and said[0].startswith(f"running on cpu in {dtype} (") and why in said[0], err
+
+
+@pytest.mark.parametrize("flags, advice", [(frozenset(), "use fp32"), (frozenset({"amx_bf16"}), "use bf16 (native here) or fp32")])
+def test_emulated_fp16_on_cpu_is_refused_in_one_line(capsys, tmp_path, monkeypatch, flags, advice):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png",
+                         "--device", "cpu", "--dtype", "fp16", *NEVER_LOADED)
+    assert_one_line_error(code, out, err, "--dtype fp16: float16 on this CPU is emulated", advice)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags | {"avx512_fp16"})  # native: let through to the load
+    code, out, err = run(capsys, "edit", "--image", CHELSEA, "--regions", CHELSEA_REGIONS, "--out", tmp_path / "o.png",
+                         "--device", "cpu", "--dtype", "fp16", *NEVER_LOADED)
+    assert_one_line_error(code, out, err, "no checkpoint file or folder at")
 
 
 def test_edit_cp_then_encode_writes_the_preview(capsys, tmp_path, tiny_sd_folder):

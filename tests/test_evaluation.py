@@ -213,7 +213,8 @@ def test_pretrained_models_load_from_weight_folders(bench, tiny_sd_folder, tmp_p
     alexnet = {f"features.{k}": v for k, v in AlexNet().features.state_dict().items()}
     torch.save(alexnet, tmp_path / ALEXNET_URL.rsplit("/", 1)[1])
     monkeypatch.setenv("REGIONDRAG_WEIGHTS", str(tmp_path))  # fetch_alexnet finds it there, offline
-    models = pretrained_models(str(tiny_sd_folder), dift_weights=str(tiny_sd_folder), device="cpu")
+    models = pretrained_models(str(tiny_sd_folder), dift_weights=str(tiny_sd_folder), device="cpu",
+                               dtype=torch.float32)  # pinned: the default depends on the CPU (precision.py)
     assert models.setup == dict(weights=str(tiny_sd_folder), ip_adapter=None, dift_weights=str(tiny_sd_folder),
                                 dtype="torch.float32")
     sample = find_samples(bench[0], ["sr"], limit=1)[0]

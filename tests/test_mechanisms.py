@@ -19,7 +19,7 @@ from models.attention import SelfAttention
 from regiondrag.copy_paste import add_handle_noise
 from regiondrag.mapping import idw_displace
 
-from regiondrag.apps.benchmark import DiffusersUNet
+from regiondrag.apps.baseline import DiffusersUNet
 from test_pipeline import FAST, PHOTO, SHIFT, UNetRecorder, at, new_pipe
 
 

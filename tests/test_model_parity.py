@@ -2,7 +2,7 @@
 diffusers' own models loaded from the same folders: outputs, K/V replay, fp16."""
 import pytest
 import torch
-from regiondrag.apps.benchmark import DiffusersUNet
+from regiondrag.apps.baseline import DiffusersUNet
 from conftest import TINY_SD2_UNET, save_diffusers_folder
 from diffusers import AutoencoderKL as RefVAE
 from diffusers import UNet2DConditionModel as RefUNet

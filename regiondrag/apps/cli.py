@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ip-plain-tokens", action="store_true",
                    help="with --ip-adapter: its own 16 image tokens instead of the reference's 32 (zero image + photo)")
     e.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    e.add_argument("--dtype", choices=DTYPES, help="default: fp16 on GPU, fp32 on CPU")
+    e.add_argument("--dtype", choices=DTYPES, help="default: fp16 on GPU; on CPU bf16 where it computes bf16 natively "
+                                                   "(AVX512-BF16, AMX, Arm BF16), else fp32")
     e.add_argument("--steps", type=int, help=f"timestep grid of the whole diffusion (default: {REFERENCE.steps})")
     e.add_argument("--start-t", type=float, help=f"fraction of the grid inverted and denoised, in (0, 1) "
                                                  f"(default: {REFERENCE.start_t})")
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--vae", metavar="SRC", help="another VAE, as for edit (default: the weights' own)")
     u.add_argument("--ip-adapter", help="IP-Adapter-Plus source, as for edit (default: none)")
     u.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    u.add_argument("--dtype", choices=DTYPES, help="default: fp16 on GPU, fp32 on CPU")
+    u.add_argument("--dtype", choices=DTYPES, help="default: as for edit (fp16 on GPU; bf16 on a CPU with native bf16, "
+                                                   "else fp32)")
     u.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
     u.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
     u.add_argument("--max-side", type=int, help="long side the model works at (default: the backbone's: "
@@ -203,9 +205,17 @@ def _check_edit_flags(args: argparse.Namespace, config: EditConfig) -> None:
     for ignored, flag, needed in needs:
         if ignored:
             raise UsageError(f"{flag} has no effect without {needed}; add that or drop {flag}")
-    if args.device is not None:
-        import torch
+    _check_device(args)
 
+
+def _check_device(args: argparse.Namespace) -> None:
+    """--device names a device here, and --dtype is one it computes natively (fp16 on most CPUs is emulated)."""
+    import torch
+
+    from ..pipeline import DTYPES, default_device_dtype
+    from ..precision import emulated_dtype_error
+
+    if args.device is not None:
         try:
             device = torch.device(args.device)
         except (RuntimeError, ValueError):
@@ -215,6 +225,17 @@ def _check_edit_flags(args: argparse.Namespace, config: EditConfig) -> None:
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
                              f"use --device cpu")
+    if args.dtype is not None:
+        error = emulated_dtype_error(default_device_dtype(args.device)[0], DTYPES[args.dtype])
+        if error:
+            raise UsageError(f"--dtype {args.dtype}: {error}")
+
+
+def _say_precision(pipe) -> None:
+    """One line on stderr once the models are loaded: the device and dtype they run in, and why."""
+    from ..precision import precision_note
+
+    print(f"running on {pipe.device} in {precision_note(pipe.device, pipe.dtype)}", file=sys.stderr)
 
 
 def _same_file(a, b) -> bool:
@@ -278,6 +299,7 @@ def run_edit(args: argparse.Namespace) -> Path:
     pipe = RegionDragPipeline.from_pretrained(args.weights, model=args.model, vae=args.vae, ip_adapter=args.ip_adapter,
                                               ip_reference_layout=not args.ip_plain_tokens, device=args.device,
                                               dtype=DTYPES.get(args.dtype))
+    _say_precision(pipe)
     if pipe.backbone != args.model:  # --weights of another backbone: its defaults, its working size
         args.config = edit_config(args, pipe.config)
         photo, regions, mapping, prompt, mask = _read_inputs(args, [args.out, args.preview_out])
@@ -322,8 +344,10 @@ def run_ui(args: argparse.Namespace) -> None:
         raise UsageError(f"the browser editor needs gradio ({e}); install it with pip install -e '.[ui]'") from None
     from ..pipeline import DTYPES, RegionDragPipeline
 
+    _check_device(args)
     pipe = RegionDragPipeline.from_pretrained(args.weights, model=args.model, vae=args.vae, ip_adapter=args.ip_adapter,
                                               device=args.device, dtype=DTYPES.get(args.dtype))
+    _say_precision(pipe)
     try:
         ui.launch(pipe, args.host, args.port, args.max_side or pipe.config.max_side)
     except OSError:  # gradio's message names its own environment variable and launch() argument

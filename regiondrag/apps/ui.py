@@ -39,6 +39,7 @@ from ..copy_paste import PASTE_SCHEDULES
 from ..image_io import MAX_SIDE, ImageError, ImageTooLargeError, load_image, working_size
 from ..mapping import dense_mapping, latent_size_of
 from ..pipeline import RegionDragPipeline
+from ..precision import precision_note
 from ..regions import (DEFAULT_POINT_RADIUS, MAX_PAIRS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region,
                        RegionError, RegionPoints)
 from .canvas import canvas_component, canvas_pairs, photo_message, read_request, result_message
@@ -506,7 +507,7 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
     with gr.Blocks(title="RegionDrag", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as app:
         session, kind, clicks = gr.State(Session()), gr.State("masks"), gr.State(NO_CLICKS)
         gr.Markdown("## RegionDrag: drag regions of a photo\n" + HELP)
-        gr.Markdown(f"Model on **{pipe.device.type}** ({str(pipe.dtype).replace('torch.', '')}), working size "
+        gr.Markdown(f"Model on **{pipe.device.type}** in {precision_note(pipe.device, pipe.dtype)}, working size "
                     f"{max_side} px." + (" On CPU a Drag is slow (minutes at 512 px); the preview is instant."
                                          if cpu else ""))
         with gr.Row():
