@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL as RefVAE
 from diffusers import UNet2DConditionModel as RefUNet
 
 import weights
-from models import UNetConfig
+from models import UNet, UNetConfig
 from models.unet import Conditioning
 
 
@@ -150,3 +150,13 @@ def test_sd15_has_16_self_attention_layers_and_replays(sd15_folder):
     other = unet_inputs(unet.cfg, size=16, seed=1)[0]  # replay x's K/V while predicting for another latent
     torch.testing.assert_close(unet(other, t, context, kv=kvs), DiffusersUNet(unet)(other, t, context, kv=kvs),
                                atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [UNetConfig.tiny(), UNetConfig.tiny(block_channels=(32, 64, 64), heads=(2, 2, 2),
+                                                                    attention_levels=(True, True, False))])
+def test_self_attention_layer_names_follow_diffusers_module_paths(cfg):
+    """Our names, in visiting order, against names read off diffusers' own modules (down_blocks.1.attentions.0...),
+    in its forward's order (down, mid, up)."""
+    ours = UNet(cfg)
+    assert ours.self_attention_layer_names() == DiffusersUNet(ours).self_attention_layer_names()
+    assert len(ours.self_attention_layer_names()) == ours.num_self_attention_layers
