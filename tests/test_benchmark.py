@@ -94,3 +94,20 @@ def test_gpu_check_dry_run_runs_the_whole_sequence(tmp_path):
     assert "profile" in benches["compiled + CUDA graphs + IP"]
     table = (tmp_path / "summary.md").read_text()
     assert table in proc.stdout and table.count("\n| ") == 7  # the header and six configurations
+
+
+def test_modules_are_timed_per_dtype_memory_format_and_thread_count(tmp_path):
+    """--modules: the UNet and each VAE half in every dtype this CPU computes natively (float32, and bfloat16
+    or float16 where it has them), contiguous and channels-last; the UNet also with one thread fewer."""
+    out = tmp_path / "modules.json"
+    assert benchmark.main([*QUICK, "--modules", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    dtypes = {r["dtype"] for r in rows}
+    assert "float32" in dtypes and all(r["s"] > 0 for r in rows)
+    for dtype in dtypes:
+        for fmt in ("contiguous_format", "channels_last"):
+            assert {r["module"] for r in rows if (r["dtype"], r["format"]) == (dtype, fmt)} == {
+                "unet", "vae encode", "vae decode"}
+    if torch.get_num_threads() > 1:
+        assert {r["threads"] for r in rows if r["module"] == "unet"} == {torch.get_num_threads(),
+                                                                         torch.get_num_threads() - 1}

@@ -30,7 +30,7 @@ def time_modules(size: str, device: torch.device, runs: int, warmup: int, out: O
     rows = []
     print(f"modules of {size} at {side} px on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"median of {runs} after {warmup} warm-up (seconds)")
-    print(f"  {'module':12s} {'dtype':9s} {'format':14s} {'threads':>7s} {'s':>8s}")
+    print(f"  {'module':12s} {'dtype':9s} {'format':17s} {'threads':>7s} {'s':>8s}")
     with torch.inference_mode():
         unet, vae, context = random_sd(ucfg, vcfg)
         unet, vae = unet.requires_grad_(False).to(device), vae.requires_grad_(False).to(device)
@@ -59,7 +59,7 @@ def time_modules(size: str, device: torch.device, runs: int, warmup: int, out: O
                         row = {"module": name, "dtype": dtype_name(dtype), "format": str(fmt).removeprefix("torch."),
                                "threads": n, "s": seconds}
                         rows.append(row)
-                        print(f"  {name:12s} {row['dtype']:9s} {row['format']:14s} {n:7d} {seconds:8.3f}", flush=True)
+                        print(f"  {name:12s} {row['dtype']:9s} {row['format']:17s} {n:7d} {seconds:8.3f}", flush=True)
     if out is not None:
         out.write_text(json.dumps({"size": size, "device": str(device), "torch": torch.__version__, "rows": rows},
                                   indent=2))
