@@ -105,6 +105,8 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str, cap: 
     try:
         with z.open(info) as f:
             return f.read(cap + 1)
+    # how zipfile reports a damaged member: a bad CRC or header (BadZipFile), corrupt deflate data (zlib.error),
+    # truncation (EOFError), an unsupported compression (NotImplementedError), an encrypted member (RuntimeError)
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as e:
         raise UploadError(f"cannot unpack {info.filename} from {zip_name} ({e}); export the regions again") from None
 
