@@ -91,3 +91,17 @@ def test_the_method_settings_import_without_the_loader_stack(module):
             f"{{'transformers', 'gradio', 'huggingface_hub', 'diffusers'}}); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"importing {module} loaded {out.strip()}"
+
+
+def test_the_package_metadata_points_at_modules_that_exist():
+    """setup.cfg reads the version from a module by name; a layout change that moves that module breaks
+    `pip install -e .` on a fresh machine while an old editable install here keeps working."""
+    import configparser
+    import importlib
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    attr = setup["metadata"]["version"].removeprefix("attr:").strip()
+    module, _, name = attr.rpartition(".")
+    assert (ROOT / Path(*module.split("."))).with_suffix(".py").is_file(), f"setup.cfg names {module}, not a file"
+    assert isinstance(getattr(importlib.import_module(module), name), str)
