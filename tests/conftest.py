@@ -12,6 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -154,3 +155,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- allocation failures of every kind, raised the way each allocator raises it (no GPU here to run out of) --
+
+def cuda_out_of_memory():
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of "
+                                 "79.1 GiB of which 1.2 GiB is free.")
+
+
+def cpu_allocator_failure():
+    raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def numpy_out_of_memory():
+    np.empty((2**40, 2**20), np.uint8)  # 2^60 bytes: numpy refuses before asking the system
+
+
+ALLOCATION_FAILURES = [(cuda_out_of_memory, "2.50 GiB"), (cpu_allocator_failure, "3.00 GiB"),
+                       (numpy_out_of_memory, "1.00 EiB")]  # (raise it, the size the message must name)

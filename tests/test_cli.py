@@ -19,6 +19,7 @@ from PIL import Image
 from regiondrag import precision
 from regiondrag.apps.cli import main
 from regiondrag.pipeline import RegionDragPipeline
+from conftest import ALLOCATION_FAILURES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -692,24 +693,7 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def cuda_out_of_memory():
-    import torch
-
-    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of "
-                                 "79.1 GiB of which 1.2 GiB is free.")
-
-
-def cpu_allocator_failure():
-    raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
-                       "you tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)")
-
-
-def numpy_out_of_memory():
-    np.empty((2**40, 2**20), np.uint8)  # 2^60 bytes: numpy refuses before asking the system
-
-
-@pytest.mark.parametrize("fail, size", [(cuda_out_of_memory, "2.50 GiB"), (cpu_allocator_failure, "3.00 GiB"),
-                                        (numpy_out_of_memory, "1.00 EiB")])
+@pytest.mark.parametrize("fail, size", ALLOCATION_FAILURES)
 def test_every_kind_of_allocation_failure_is_the_same_line(capsys, tmp_path, monkeypatch, fail, size):
     """CUDA's OutOfMemoryError (no GPU here to run out of), torch's CPU allocator, numpy's MemoryError."""
     from regiondrag.apps import cli

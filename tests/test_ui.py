@@ -25,7 +25,7 @@ from regiondrag.attention_swap import AttentionSwap
 from regiondrag.apps.cli import main as cli_main
 from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.regions import MaskPair, PointPairs, PolygonPair, RegionPoints
-from conftest import free_port
+from conftest import ALLOCATION_FAILURES, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHELSEA = ROOT / "examples" / "chelsea.png"  # 451 x 300
@@ -304,6 +304,22 @@ def test_bad_inputs(client, tmp_path):
     assert_message(lambda: client.predict([handle_file(str(not_a_zip))], api_name="/import"),
                    "regions.zip is not a readable zip file")
     assert render(client)[2].startswith("No pairs yet")  # nothing half-added by the failures
+
+
+@pytest.mark.parametrize("fail, size", ALLOCATION_FAILURES)
+def test_running_out_of_memory_is_one_line_and_the_server_goes_on(server, client, monkeypatch, fail, size):
+    """An edit that runs out of memory (CUDA, torch's CPU allocator, numpy) is one line naming the size and
+    what the server's operator can change; the memory is given back, and the next drag works."""
+    load(client)
+    add(client, "points", None)
+    given_back = []
+    monkeypatch.setattr(ui, "give_memory_back", lambda: given_back.append(True))
+    monkeypatch.setattr(server.pipe, "edit", lambda *args, **kwargs: fail())
+    assert_message(lambda: drag(client), f"out of memory on the server: an allocation of {size} failed",
+                   "--max-side", "--dtype")
+    assert given_back == [True]
+    monkeypatch.undo()
+    assert drag(client)[0].size == Image.open(CHELSEA).size
 
 
 def test_large_photo_is_resized_and_the_user_told(client, tmp_path):

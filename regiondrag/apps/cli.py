@@ -23,6 +23,7 @@ from ..dragbench.reader import DatasetError, read_meta_data, region_mapping
 from ..image_io import ImageError, load_image, load_mask, working_size
 from ..mapping import dense_mapping, latent_size_of
 from ..regions import RegionError, check_edit_inputs
+from .memory import failed_allocation
 from .outputs import check_output_path, save_image_atomic
 from .preview import draw_preview
 from .region_file import mask_files, read_region_file, regions_from_json
@@ -355,19 +356,6 @@ def run_ui(args: argparse.Namespace) -> None:
                          f"this machine's); choose another --port or --host") from None
 
 
-def _out_of_memory(e: BaseException) -> Optional[str]:
-    """What an allocation failure asked for, in words, or None when `e` is not one: Python's and numpy's
-    MemoryError, torch's CPU allocator (a RuntimeError) and CUDA's OutOfMemoryError."""
-    text = str(e)
-    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
-        return None
-    exact = re.search(r"allocate (\d+) bytes", text)  # torch's CPU allocator
-    if exact:
-        return f"{int(exact.group(1)) / 2**30:.2f} GiB"
-    stated = re.search(r"allocate ([\d.]+ [KMGTPE]i?B)", text)  # numpy, CUDA
-    return stated.group(1) if stated else "more memory than there is"
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         import weights
@@ -389,7 +377,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         _error(str(e))
         return 2
     except (MemoryError, RuntimeError) as e:
-        asked = _out_of_memory(e)
+        asked = failed_allocation(e)
         if asked is None:
             raise
         _error(f"out of memory: an allocation of {asked} failed, and no output was written; use a smaller "

@@ -43,6 +43,7 @@ from ..precision import precision_note
 from ..regions import (DEFAULT_POINT_RADIUS, MAX_PAIRS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region,
                        RegionError, RegionPoints)
 from .canvas import canvas_component, canvas_pairs, photo_message, read_request, result_message
+from .memory import failed_allocation, give_memory_back
 from .outputs import save_image_atomic
 from .preview import HANDLE_RGB, TARGET_RGB, draw_preview
 from .region_file import regions_from_json, regions_to_json
@@ -92,6 +93,15 @@ def shows_errors(fn):
             return fn(*args, **kwargs)
         except (UIError, RegionError, ImageError, UploadError, ConfigError, FloatingPointError) as e:
             raise gr.Error(str(e), print_exception=False) from None
+        except (MemoryError, RuntimeError) as e:
+            asked = failed_allocation(e)
+            if asked is None:
+                raise
+            message = (f"out of memory on the server: an allocation of {asked} failed, and nothing changed; try "
+                       f"again when fewer edits run, or a smaller photo; whoever runs the server can start it with "
+                       f"a smaller --max-side, half precision (--dtype bf16 or fp16) or on a GPU")
+        give_memory_back()  # outside the except: the failed call's frames are no longer held
+        raise gr.Error(message, print_exception=False)
     return wrapper
 
 
