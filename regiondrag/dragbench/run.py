@@ -64,12 +64,16 @@ from .reader import (ANNOTATION_CHOICES, ANNOTATIONS, AUTO, SUBSET_TITLES, SUBSE
 from .report import markdown_table, write_text_atomic
 
 
-METRIC_SCALE = 100  # the paper prints MD and LPIPS x100
+# the paper prints MD and LPIPS x100 (checked 2026-12-05 via Inpaint4Drag, same authors and evaluator, arXiv
+# 2509.04582v1 Table 1: "MD and LPIPS values are scaled by 100"; RegionDrag's run_eval.py prints the raw fractions)
+METRIC_SCALE = 100
 # a sample's record keys of the two Mean Distances ("md": RegionDrag's, as results files have always had it)
 MD_KEYS = {"md": REGIONDRAG, "md_dragdiffusion": DRAGDIFFUSION}
 SCORE_KEYS = {*MD_KEYS, "dai", "lpips"}  # a sample with all of them is measured
 BASELINES = ("identity", "copy_paste")  # the photo unchanged; the pixel copy-paste preview alone
-# RegionDrag paper (ECCV 2024), Table 1: RegionDrag's (MD x100, LPIPS x100) per benchmark
+# RegionDrag paper (ECCV 2024, arXiv 2407.18247), Table 1: RegionDrag's (MD x100, LPIPS x100) per benchmark.
+# NOT checked against the paper: transcribed from reviews of it; no text of that table was reachable when the
+# README's published numbers were checked (2026-12-05). Check them in the PDF before relying on them.
 PAPER_SCORES = {"sr": (6.4, 9.9), "dr": (6.6, 9.2)}
 PAPER_SECONDS_PER_EDIT = 1.5  # RegionDrag paper and README ("run time to 1.5 seconds")
 PAPER_ANNOTATION = "region"  # what the paper's numbers were measured with
