@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from regiondrag.apps.canvas import canvas_pairs, read_request, result_message
+from regiondrag.apps.canvas import LIVE_MAX_S, EditTimes, canvas_pairs, live_advice, read_request, result_message
 from regiondrag.regions import RegionError
 
 SIZE = (120, 80)
@@ -37,5 +37,22 @@ def test_a_bad_region_is_refused_in_one_line_naming_it(region, fragment):
 
 def test_only_the_pages_requests_are_requests():
     assert read_request(json.dumps(request())) == request()
-    for other in ("", None, "not json", json.dumps({"photo": "data:"}), result_message(request(), None, "m")):
+    reply = result_message(request(), None, "m", live_advice(None))
+    for other in ("", None, "not json", json.dumps({"photo": "data:"}), reply):
         assert read_request(other) == {}
+
+
+def test_live_mode_is_advised_only_where_re_edits_were_timed_fast():
+    times = EditTimes()
+    assert times.typical() is None
+    advice = live_advice(times.typical())
+    assert not advice["live"] and "no re-edit timed yet" in advice["why"]
+    for seconds in (0.1, 0.1, 9.0):  # one slow outlier (a first edit at a new size) does not turn it off
+        times.add(seconds)
+    assert times.typical() == 0.1 and live_advice(times.typical()) == {
+        "live": True, "why": f"re-edits take 0.10 s here; live mode needs under {LIVE_MAX_S:g} s"}
+    for seconds in (40.0, 41.0, 39.0):  # SD1.5 on a CPU
+        times.add(seconds)
+    advice = live_advice(times.typical())
+    assert not advice["live"] and "re-edits take 39.00 s here" in advice["why"]
+    assert live_advice(0.3, max_s=0.5)["live"] and not live_advice(LIVE_MAX_S)["live"]

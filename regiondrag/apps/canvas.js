@@ -16,10 +16,13 @@ const canvas = element.querySelector("canvas.rd-view");
 const ctx = canvas.getContext("2d");
 const info = element.querySelector(".rd-info");
 const resultImg = element.querySelector("img.rd-result");
+const liveBox = element.querySelector(".rd-live input"), why = element.querySelector(".rd-why");
 const tab = Math.random().toString(36).slice(2);  // this tab's id: its requests are compared by seq
 let photo = null, original = null, preview = null, handleMasks = [];  // ImageData / canvases at photo size
 let regions = [], selected = -1, tool = "lasso", seq = 0, shown = 0, replies = 0;
 let undo = [], redo = [], gesture = null, draft = null, request = "";
+// live mode: the user's choice (null: none yet, the server's advice decides), that advice, a frame asked for
+let liveChosen = null, liveAdvice = {live: false, why: ""}, frameAsked = false;
 
 // -- geometry -------------------------------------------------------------------------------------
 function box(outline) {
@@ -154,12 +157,27 @@ function snapshot() { return JSON.stringify(regions); }
 function restore(s) { regions = JSON.parse(s); handleMasks = regions.map(r => rasterise(r.outline)); selected = -1; }
 function commit(before) {  // one finished action: undoable, and sent to the server (latest wins there)
   if (before !== undefined) { undo.push(before); redo = []; }
-  seq += 1;
-  request = JSON.stringify({tab, seq, regions: regions.map(r => ({outline: r.outline, matrix: matrix(r)}))});
-  props.value = request;
-  trigger("release");
+  send(false);
   info.textContent = regions.length ? `${regions.length} region(s); editing...` : "Select a region to drag.";
 }
+function send(moving) {  // the regions as they are now, as request `seq` (release: a finished action; input: live)
+  seq += 1;
+  request = JSON.stringify({tab, seq, live: liveBox.checked, moving,
+                            regions: regions.map(r => ({outline: r.outline, matrix: matrix(r)}))});
+  props.value = request;
+  trigger(moving ? "input" : "release");
+}
+function liveFrame() {  // live mode: one request per animation frame while a region is being dragged
+  if (!liveBox.checked || frameAsked) return;
+  frameAsked = true;
+  requestAnimationFrame(() => { frameAsked = false; if (gesture) send(true); });
+}
+function advise(msg) {  // the server's advice: live mode on by default only where its re-edits are fast
+  liveAdvice = msg;
+  liveBox.checked = liveChosen ?? msg.live;
+  why.textContent = `${liveBox.checked ? "on" : "off"} ${liveChosen === null ? "by default" : "(your choice)"}: ${msg.why}`;
+}
+liveBox.addEventListener("change", () => { liveChosen = liveBox.checked; advise(liveAdvice); });
 
 // -- the mouse -------------------------------------------------------------------------------------------
 function grab(p) {  // what the pointer at p grabs on the selected region (or any region's target)
@@ -198,7 +216,7 @@ canvas.addEventListener("pointerdown", ev => {
 canvas.addEventListener("pointermove", ev => {
   if (!photo) return;
   const p = toPhoto(ev);
-  if (gesture) { transform(gesture, p, ev.shiftKey); refresh(); return; }
+  if (gesture) { transform(gesture, p, ev.shiftKey); refresh(); liveFrame(); return; }
   if (!draft || tool === "polygon" || !ev.buttons) return;
   const s = draft.start, x0 = Math.round(Math.min(s[0], p[0])), x1 = Math.round(Math.max(s[0], p[0]));
   const y0 = Math.round(Math.min(s[1], p[1])), y1 = Math.round(Math.max(s[1], p[1]));
@@ -293,6 +311,7 @@ watch("value", () => {
   let msg;
   try { msg = JSON.parse(props.value); } catch (e) { return; }
   if (msg.photo) load(msg);
+  if ("live" in msg) advise(msg);
   if (msg.tab === tab) replies += 1;  // one per edit the server ran for this tab
   if (msg.result && msg.tab === tab && msg.seq === seq && msg.seq > shown) {
     shown = msg.seq;
@@ -309,6 +328,7 @@ canvas.regiondrag = {
                  return c.convertToBlob().then(b => new Promise(ok => { const f = new FileReader(); f.onload = () => ok(f.result); f.readAsDataURL(b); })); },
   regions() { return regions.map(r => ({...r, matrix: matrix(r)})); },
   seq() { return seq; },
+  shown() { return shown; },
   replies() { return replies; },
   grips() { return selected < 0 ? null : {corners: corners(regions[selected]), rotate: rotationGrip(regions[selected]),
                                          centre: apply(matrix(regions[selected]), centre(regions[selected]))}; },
