@@ -22,12 +22,23 @@ def test_a_dragged_region_is_its_filled_outline_and_its_matrix():
     assert np.array_equal(pair.matrix, [[1, 0, 20], [0, 1, 5], [0, 0, 1]])
 
 
+def test_a_brushed_region_is_its_run_length_mask():
+    runs = [10 * 120 + 5, 3, 117, 4, 80 * 120 - (10 * 120 + 5 + 3 + 117 + 4)]  # 3 pixels on row 10, 4 on row 11
+    (pair,) = canvas_pairs(request({"mask": runs, "matrix": [[1, 0, 20], [0, 1, 5], [0, 0, 1]]}), SIZE)
+    ys, xs = np.nonzero(pair.handle)
+    assert list(zip(ys, xs)) == [(10, 5), (10, 6), (10, 7), (11, 5), (11, 6), (11, 7), (11, 8)]
+
+
 @pytest.mark.parametrize("region, fragment", [
     ({"outline": SQUARE[:2], "matrix": [[1, 0, 0], [0, 1, 0]]}, "3 to"),
     ({"outline": SQUARE}, "malformed"),
     ({"outline": "x", "matrix": [[1, 0, 0], [0, 1, 0]]}, "malformed"),
     ({"outline": SQUARE, "matrix": [[0, 0, 0], [0, 0, 0]]}, "singular"),
     ({"outline": SQUARE, "matrix": [[1, 0, 500], [0, 1, 0]]}, "entirely off"),
+    ({"mask": [120 * 80 - 1], "matrix": [[1, 0, 0], [0, 1, 0]]}, "add up to the 120x80 photo's 9600 pixels"),
+    ({"mask": [9000, -10, 610], "matrix": [[1, 0, 0], [0, 1, 0]]}, "whole numbers >= 0"),
+    ({"mask": [9000.5, 599.5], "matrix": [[1, 0, 0], [0, 1, 0]]}, "run lengths"),
+    ({"mask": [9600], "matrix": [[1, 0, 0], [0, 1, 0]]}, "empty"),
 ])
 def test_a_bad_region_is_refused_in_one_line_naming_it(region, fragment):
     with pytest.raises(RegionError, match=fragment) as e:

@@ -6,7 +6,9 @@ anything. The export holds that transform; the CLI gives the identical image fro
 live preview equals the library's pixel preview; a burst of 20 drags runs at most 3 edits and shows
 the last one's. Live mode: during a slow drag results come in before the mouse is released, far fewer
 edits run than requests are sent, and the result shown last is the release's, the CLI's edit of the
-export. Screenshots go to the test's folder (REGIONDRAG_UI_SCREENSHOTS=folder copies them there).
+export. The brush paints a region ([ ] set its radius) that drags like the others, and the export's
+handle is what was painted. Screenshots go to the test's folder (REGIONDRAG_UI_SCREENSHOTS=folder copies
+them there).
 """
 import base64
 import io
@@ -238,3 +240,50 @@ def test_live_mode_shows_edits_while_the_mouse_moves(server_url, tiny_sd_folder,
         assert np.allclose(np.array(pair["matrix"], float)[:2, 2], [3 * segments * steps, -segments * steps],
                            atol=1), pair["matrix"]
         assert np.array_equal(cli_edit(folder, tiny_sd_folder), result)
+
+
+def within(path, radius: float, size) -> np.ndarray:
+    """(H, W) bool: the pixels whose centres lie within radius of the polyline `path` (what a round brush paints)."""
+    ys, xs = np.mgrid[0:size[1], 0:size[0]] + 0.5
+    near = np.zeros(xs.shape, bool)
+    for (x0, y0), (x1, y1) in zip(path, path[1:]):
+        t = np.clip(((xs - x0) * (x1 - x0) + (ys - y0) * (y1 - y0)) / max((x1 - x0) ** 2 + (y1 - y0) ** 2, 1e-9), 0, 1)
+        near |= np.hypot(xs - x0 - t * (x1 - x0), ys - y0 - t * (y1 - y0)) <= radius
+    return near
+
+
+@pytest.mark.slow  # half a minute or more, as the tests above
+def test_brush_a_region_and_drag_it(server_url, tmp_path):
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"screenshots: {shots}")
+    with offline_page(server_url, 1100, shots) as page:
+        page.goto(server_url)
+        upload(page)
+        page.locator("#canvas button[data-tool=brush]").click()
+        page.locator("#canvas canvas.rd-view").focus()
+        for key in "]]]":  # 12 -> 18 px
+            page.keyboard.press(key)
+        assert page.locator("#canvas .rd-size input").input_value() == "18"
+
+        # one stroke, zigzagging over the cat's ear: a blob
+        stroke = [(300, 40), (370, 40), (370, 60), (300, 60), (300, 80), (370, 80)]
+        drag(page, stroke, steps=8)
+        assert canvas_api(page, "regions().length") == 1
+        page.locator("#canvas").screenshot(path=shots / "brush_1_painted.png")
+        drag(page, [(335, 60), (315, 75), (295, 90)])  # grabbed inside, moved by (-40, +30)
+        page.locator("#canvas").screenshot(path=shots / "brush_2_dragged.png")
+
+        folder = tmp_path / "export"
+        pair = export(page, folder)
+        assert pair["kind"] == "transform" and isinstance(pair["handle"], str)  # a mask PNG beside regions.json
+        photo = Image.open(CHELSEA).convert("RGB")
+        (region,) = regions_from_json(folder / "regions.json", photo.size)
+        painted = within(stroke, 18, photo.size)
+        iou = (region.handle & painted).sum() / (region.handle | painted).sum()
+        assert iou > 0.9, iou
+        assert np.allclose(region.matrix[:2], [[1, 0, -40], [0, 1, 30]], atol=1), region.matrix
+        # the page's warp of the brushed region = the library's pixel preview of the exported one
+        library = np.asarray(RegionDragPipeline.preview(photo, [region], photo.size, None))
+        close = (np.abs(library.astype(int) - data_url_image(canvas_api(page, "previewPNG()")).astype(int)) <= 1).mean()
+        assert close >= 0.99, close

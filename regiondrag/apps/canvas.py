@@ -9,7 +9,9 @@ by a gr.HTML element. The element's value is the one channel between the two, a 
   ``why`` are `live_advice`: whether live mode should be on by default, from the re-edit times measured
   here, and why (the page shows it beside its Live checkbox);
 - page -> server: ``{"tab", "seq", "live", "moving", "regions": [{"outline": [[x, y], ...], "matrix":
-  3x3}]}``, each region a `TransformPair` whose handle is the outline's filled polygon. Sent with the
+  3x3}]}``, each region a `TransformPair` whose handle is the outline's filled polygon, or, for a
+  brushed region, ``"mask": [n0, n1, ...]`` instead of the outline: run lengths over the photo's pixels
+  row by row, alternately outside and inside the region (n0 outside first, maybe 0). Sent with the
   event ``release`` after every finished action (a region selected, moved, deleted, an undo), and, in
   live mode (``live``), with the event ``input`` while a region is being dragged (``moving``: at most
   one a frame). The server edits a release's request when auto-run or live mode is on, a moving one
@@ -39,11 +41,13 @@ LIVE_MAX_S = 0.25
 RECENT_EDITS = 5  # re-edits the measurement keeps: a few, so that it follows a change of photo size or settings
 
 CANVAS_JS = (Path(__file__).with_name("canvas.js")).read_text()
-TOOLS = ("lasso", "rectangle", "ellipse", "polygon")
+TOOLS = ("lasso", "rectangle", "ellipse", "polygon", "brush")
+BRUSH_RADIUS = (1, 64, 12)  # the brush's radius in photo pixels: least, most, at first
 CANVAS_HTML = ('<div class="rd-tools">' + "".join(
     f'<button data-tool="{t}" class="{"rd-on" if t == "lasso" else ""}">{t.capitalize()}</button>' for t in TOOLS)
+    + '<label class="rd-size">radius <input type="range" min="{}" max="{}" value="{}"></label>'.format(*BRUSH_RADIUS)
     + '<span class="rd-keys">drag inside: move; corners: scale (Shift: keep aspect); round grip: rotate; '
-      'Delete; Ctrl-Z / Ctrl-Shift-Z</span>'
+      'Delete; Ctrl-Z / Ctrl-Shift-Z; brush: [ ]</span>'
       '<label class="rd-live"><input type="checkbox"> Live</label> <span class="rd-why"></span></div>'
       '<div class="rd-row"><canvas class="rd-view" width="1" height="1"></canvas>'
       '<img class="rd-result" alt=""></div><div class="rd-info">Upload a photo to start.</div>')
@@ -51,7 +55,8 @@ CANVAS_CSS = """
 .rd-tools button { margin: 0 4px 4px 0; padding: 2px 10px; border: 1px solid #999; border-radius: 4px; }
 .rd-tools button.rd-on { background: #286eff; color: #fff; }
 .rd-keys, .rd-why { font-size: 0.85em; opacity: 0.8; }
-.rd-live { margin-left: 12px; }
+.rd-live, .rd-size { margin: 0 8px 0 4px; font-size: 0.9em; }
+.rd-size input { width: 80px; vertical-align: middle; }
 .rd-live input { appearance: auto; accent-color: #286eff; }  /* gradio draws its ticks only in its own widgets */
 .rd-row { display: flex; gap: 8px; align-items: flex-start; }
 .rd-view { cursor: crosshair; outline: none; touch-action: none; }
@@ -115,10 +120,10 @@ def canvas_pairs(request: dict, image_size: tuple[int, int]) -> list[TransformPa
     pairs = []
     for i, region in enumerate(request.get("regions", []), start=1):
         try:
-            outline = np.asarray(region["outline"], np.float64)
-            if outline.ndim != 2 or outline.shape[1] != 2 or not 3 <= len(outline) <= MAX_POLYGON_VERTICES:
-                raise RegionError(f"an outline needs 3 to {MAX_POLYGON_VERTICES} vertices [x, y]")
-            handle = rasterise_polygon(np.clip(outline, 0, np.array(image_size) - 1), image_size)
+            if "mask" in region:  # brushed
+                handle = mask_of_runs(region["mask"], image_size)
+            else:
+                handle = outline_mask(region["outline"], image_size)
             pair = TransformPair(handle, region["matrix"])
             pair.validate(image_size)
         except (KeyError, TypeError, ValueError) as e:  # RegionError is a ValueError
@@ -126,3 +131,21 @@ def canvas_pairs(request: dict, image_size: tuple[int, int]) -> list[TransformPa
                               f"select it again or delete it") from None
         pairs.append(pair)
     return pairs
+
+
+def outline_mask(outline, image_size: tuple[int, int]) -> np.ndarray:
+    """A selected region's outline ([[x, y], ...]) -> (H, W) bool: the filled polygon."""
+    outline = np.asarray(outline, np.float64)
+    if outline.ndim != 2 or outline.shape[1] != 2 or not 3 <= len(outline) <= MAX_POLYGON_VERTICES:
+        raise RegionError(f"an outline needs 3 to {MAX_POLYGON_VERTICES} vertices [x, y]")
+    return rasterise_polygon(np.clip(outline, 0, np.array(image_size) - 1), image_size)
+
+
+def mask_of_runs(runs, image_size: tuple[int, int]) -> np.ndarray:
+    """A brushed region's run lengths (row by row, alternately outside and inside) -> (H, W) bool."""
+    width, height = image_size
+    runs = np.asarray(runs)
+    if runs.ndim != 1 or runs.dtype.kind not in "iu" or (runs < 0).any() or runs.sum() != width * height:
+        raise RegionError(f"a mask needs run lengths (whole numbers >= 0) that add up to the {width}x{height} "
+                          f"photo's {width * height} pixels")
+    return np.repeat(np.arange(len(runs)) % 2 == 1, runs).reshape(height, width)
