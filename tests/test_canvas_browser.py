@@ -7,7 +7,8 @@ live preview equals the library's pixel preview; a burst of 20 drags runs at mos
 the last one's. Live mode: during a slow drag results come in before the mouse is released, far fewer
 edits run than requests are sent, and the result shown last is the release's, the CLI's edit of the
 export. The brush paints a region ([ ] set its radius) that drags like the others, and the export's
-handle is what was painted. Screenshots go to the test's folder (REGIONDRAG_UI_SCREENSHOTS=folder copies
+handle is what was painted. Corners dragged one by one (Ctrl or Alt held) give a homography, previewed
+as the library does and edited. Screenshots go to the test's folder (REGIONDRAG_UI_SCREENSHOTS=folder copies
 them there).
 """
 import base64
@@ -121,6 +122,17 @@ def cli_edit(folder, weights) -> np.ndarray:
     return np.asarray(Image.open(out).convert("RGB"))
 
 
+def assert_preview_is_the_librarys(page, folder) -> None:
+    """The page's warp (its live preview) = the library's pixel copy-paste preview of the exported regions:
+    every channel within one level on 99% of the pixels."""
+    photo = Image.open(CHELSEA).convert("RGB")
+    library = np.asarray(RegionDragPipeline.preview(photo, regions_from_json(folder / "regions.json", photo.size),
+                                                    photo.size, None))
+    browser = data_url_image(canvas_api(page, "previewPNG()"))
+    close = (np.abs(library.astype(int) - browser.astype(int)) <= 1).all(-1).mean()
+    assert close >= 0.99, close
+
+
 def wait_for_result(page, seq: int) -> str:
     """The result <img> of request `seq` (the page shows only its latest request's)."""
     page.wait_for_function("s => { const i = document.querySelector('#canvas img.rd-result');"
@@ -163,25 +175,17 @@ def test_drag_a_region_with_the_mouse_and_the_edit_follows(server_url, tiny_sd_f
         assert result.shape == (300, 451, 3)
         page.screenshot(path=shots / "4_result.png", full_page=True)
 
-        # the browser's live preview = the library's pixel copy-paste preview of the same transform
-        matrix = np.array(canvas_api(page, "regions()[0].matrix"), float)
-        photo = Image.open(CHELSEA).convert("RGB")
-        browser_preview = data_url_image(canvas_api(page, "previewPNG()"))
-
         # the export holds that transform; the CLI edits it into the identical image
         folder = tmp_path / "export"
         pair = export(page, folder)
         assert pair["kind"] == "transform"
         m = np.array(pair["matrix"], float)[:2]
-        assert np.allclose(m, matrix[:2])
+        assert np.allclose(m, np.array(canvas_api(page, "regions()[0].matrix"), float)[:2])
         centre = (outline.min(0) + outline.max(0)) / 2
         moved = m @ np.append(centre, 1)
         assert np.abs(moved - centre - [40, 10]).max() <= 1, moved - centre
         assert abs(math.degrees(math.atan2(m[1, 0], m[0, 0])) - 15) <= 1, m
-        (region,) = regions_from_json(folder / "regions.json", photo.size)
-        library = np.asarray(RegionDragPipeline.preview(photo, [region], photo.size, None))
-        close = (np.abs(library.astype(int) - browser_preview.astype(int)) <= 1).mean()
-        assert close >= 0.99, close
+        assert_preview_is_the_librarys(page, folder)
         assert np.array_equal(cli_edit(folder, tiny_sd_folder), result)
 
         # a burst of 20 drags: at most 3 edits run (a queued one is replaced), the last one's is shown
@@ -277,13 +281,39 @@ def test_brush_a_region_and_drag_it(server_url, tmp_path):
         folder = tmp_path / "export"
         pair = export(page, folder)
         assert pair["kind"] == "transform" and isinstance(pair["handle"], str)  # a mask PNG beside regions.json
-        photo = Image.open(CHELSEA).convert("RGB")
-        (region,) = regions_from_json(folder / "regions.json", photo.size)
-        painted = within(stroke, 18, photo.size)
+        (region,) = regions_from_json(folder / "regions.json", Image.open(CHELSEA).size)
+        painted = within(stroke, 18, Image.open(CHELSEA).size)
         iou = (region.handle & painted).sum() / (region.handle | painted).sum()
         assert iou > 0.9, iou
         assert np.allclose(region.matrix[:2], [[1, 0, -40], [0, 1, 30]], atol=1), region.matrix
-        # the page's warp of the brushed region = the library's pixel preview of the exported one
-        library = np.asarray(RegionDragPipeline.preview(photo, [region], photo.size, None))
-        close = (np.abs(library.astype(int) - data_url_image(canvas_api(page, "previewPNG()")).astype(int)) <= 1).mean()
-        assert close >= 0.99, close
+        assert_preview_is_the_librarys(page, folder)
+
+
+@pytest.mark.slow  # half a minute or more, as the tests above
+def test_perspective_corners_dragged_one_by_one(server_url, tiny_sd_folder, tmp_path):
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"screenshots: {shots}")
+    with offline_page(server_url, 1100, shots) as page:
+        page.goto(server_url)
+        upload(page)
+        page.locator("#auto-run input").check()
+        page.locator("#canvas button[data-tool=rectangle]").click()
+        drag(page, [(150, 100), (250, 180)])  # round the cat's left eye
+        box = np.array(canvas_api(page, "grips()")["corners"], float)  # top left, top right, bottom right, left
+        quad = box + [[0, 0], [25, -15], [-10, 25], [0, 0]]
+        for key, corner in (("Control", 1), ("Alt", 2)):  # each corner on its own
+            page.keyboard.down(key)
+            drag(page, [box[corner], (box[corner] + quad[corner]) / 2, quad[corner]])
+            page.keyboard.up(key)
+        page.locator("#canvas").screenshot(path=shots / "perspective_1_dragged.png")
+        result = data_url_image(wait_for_result(page, canvas_api(page, "seq()")))
+        page.locator("#canvas").screenshot(path=shots / "perspective_2_result.png")
+
+        folder = tmp_path / "export"
+        m = np.array(export(page, folder)["matrix"], float)
+        assert m.shape == (3, 3) and np.abs(m[2, :2]).max() > 1e-5, m  # a homography, not an affine map
+        moved = m @ np.vstack([box.T, np.ones(4)])
+        assert np.abs((moved[:2] / moved[2]).T - quad).max() <= 1, moved
+        assert_preview_is_the_librarys(page, folder)
+        assert np.array_equal(cli_edit(folder, tiny_sd_folder), result)

@@ -5,7 +5,9 @@
 // Geometry is in photo pixels (x right, y down). A region is its handle, an outline (integer vertices, the
 // polygon the server rasterises) or a brushed mask (run lengths, as the server gets it), and a transform
 // about the centre c of the handle's box:
-//   M = T(c + t) R(angle) S(sx, sy) T(-c)    (handle point -> target point)
+//   M = T(c + t) R(angle) S(sx, sy) T(-c) P    (handle point -> target point)
+// where P, a homography, is the identity until a corner is dragged on its own (perspective, Ctrl or Alt
+// held): then P takes the box's corners to the dragged corners carried back through the affine part.
 // The preview warps exactly as the library's pixel copy-paste preview (RegionDragPipeline.preview of a
 // transform pair): each target pixel p takes the photo's pixel floor(M^-1 p + 1e-6) when that one lies in
 // the handle; regions are pasted in order, all reading the original photo. The server's mapping decides
@@ -40,9 +42,15 @@ function maskBox(mask) {  // of the mask's pixels, as box() of an outline's vert
 }
 function centre(r) { const b = r.box; return [(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]; }
 function matrix(r) {  // 3x3 row-major, handle -> target
+  return r.persp ? multiply(affine(r), r.persp) : affine(r);
+}
+function affine(r) {  // the move, turn and scale
   const [cx, cy] = centre(r), c = Math.cos(r.angle), s = Math.sin(r.angle);
   const a = c * r.sx, b = -s * r.sy, d = s * r.sx, e = c * r.sy;
   return [[a, b, cx + r.tx - a * cx - b * cy], [d, e, cy + r.ty - d * cx - e * cy], [0, 0, 1]];
+}
+function multiply(m, n) {
+  return m.map(row => [0, 1, 2].map(j => row[0] * n[0][j] + row[1] * n[1][j] + row[2] * n[2][j]));
 }
 function apply(m, p) {
   const w = m[2][0] * p[0] + m[2][1] * p[1] + m[2][2];
@@ -55,9 +63,29 @@ function invert(m) {
           [B / det, (a * i - c * g) / det, (c * d - a * f) / det],
           [C / det, (b * g - a * h) / det, (a * e - b * d) / det]];
 }
+function boxCorners(r) { const b = r.box; return [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]]; }
 function corners(r) {  // the handle box's corners carried by the transform, then its rotation grip
-  const b = r.box, m = matrix(r);
-  return [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]].map(p => apply(m, p));
+  const m = matrix(r);
+  return boxCorners(r).map(p => apply(m, p));
+}
+function homography(from, to) {  // the 3x3 matrix (last entry 1) taking 4 points to 4 points
+  const rows = from.flatMap(([x, y], i) => [[x, y, 1, 0, 0, 0, -to[i][0] * x, -to[i][0] * y, to[i][0]],
+                                            [0, 0, 0, x, y, 1, -to[i][1] * x, -to[i][1] * y, to[i][1]]]);
+  for (let c = 0; c < 8; c++) {  // Gauss-Jordan elimination with partial pivoting on the 8x9 system
+    const p = rows.reduce((best, row, i) => i >= c && Math.abs(row[c]) > Math.abs(rows[best][c]) ? i : best, c);
+    [rows[c], rows[p]] = [rows[p], rows[c]];
+    const pivot = rows[c].map(v => v / rows[c][c]);
+    rows.forEach((row, i) => {
+      if (i !== c) { const f = row[c]; row.forEach((v, k) => { row[k] = v - f * pivot[k]; }); }
+    });
+    rows[c] = pivot;
+  }
+  const h = rows.map(row => row[8]);
+  return [h.slice(0, 3), h.slice(3, 6), [h[6], h[7], 1]];
+}
+function convex(quad) {  // turning the box's way at every corner: no fold, its horizon outside
+  return quad.every((p, i) => { const q = quad[(i + 1) % 4], s = quad[(i + 2) % 4];
+                                return (q[0] - p[0]) * (s[1] - q[1]) - (q[1] - p[1]) * (s[0] - q[0]) > 0; });
 }
 function rotationGrip(r) {
   const [p0, p1] = corners(r), m = [(p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2];
@@ -158,7 +186,10 @@ function draw() {
     pts.forEach((p, i) => i ? ctx.lineTo(p[0] * k, p[1] * k) : ctx.moveTo(p[0] * k, p[1] * k));
     ctx.closePath(); ctx.stroke(); ctx.setLineDash([]);
   };
-  const dots = (pts, colour) => { ctx.fillStyle = colour; pts.forEach(p => ctx.fillRect(p[0] * k - 1, p[1] * k - 1, 2, 2)); };
+  const dots = (pts, colour) => {
+    ctx.fillStyle = colour;
+    pts.forEach(p => ctx.fillRect(p[0] * k - 1, p[1] * k - 1, 2, 2));
+  };
   regions.forEach((r, i) => {
     const m = matrix(r);
     if (r.outline) {
@@ -221,18 +252,19 @@ function liveFrame() {  // live mode: one request per animation frame while a re
 function advise(msg) {  // the server's advice: live mode on by default only where its re-edits are fast
   liveAdvice = msg;
   liveBox.checked = liveChosen ?? msg.live;
-  why.textContent = `${liveBox.checked ? "on" : "off"} ${liveChosen === null ? "by default" : "(your choice)"}: ${msg.why}`;
+  const by = liveChosen === null ? "by default" : "(your choice)";
+  why.textContent = `${liveBox.checked ? "on" : "off"} ${by}: ${msg.why}`;
 }
 liveBox.addEventListener("change", () => { liveChosen = liveBox.checked; advise(liveAdvice); });
 
 // -- the mouse -------------------------------------------------------------------------------------------
-function grab(p) {  // what the pointer at p grabs on the selected region (or any region's target)
+function grab(p, perspective) {  // what the pointer at p grabs on the selected region (or any region's target)
   const tol = (GRIP + 3) / scale();
   if (selected >= 0) {
     const r = regions[selected], g = rotationGrip(r);
     if (Math.hypot(p[0] - g[0], p[1] - g[1]) <= tol) return {kind: "rotate", index: selected};
     const c = corners(r).findIndex(q => Math.hypot(p[0] - q[0], p[1] - q[1]) <= tol);
-    if (c >= 0) return {kind: "scale", index: selected, corner: c};
+    if (c >= 0) return {kind: perspective ? "corner" : "scale", index: selected, corner: c};
   }
   for (let i = regions.length - 1; i >= 0; i--) {  // in a target: carried back onto its handle, as the warp does
     const [x, y] = apply(invert(matrix(regions[i])), p).map(Math.floor);
@@ -245,7 +277,7 @@ function grab(p) {  // what the pointer at p grabs on the selected region (or an
 canvas.addEventListener("pointerdown", ev => {
   if (!photo || ev.button !== 0) return;
   try { canvas.setPointerCapture(ev.pointerId); } catch (e) { /* a scripted event has no pointer to capture */ }
-  const p = toPhoto(ev), hit = tool === "polygon" && draft ? null : grab(p);
+  const p = toPhoto(ev), hit = tool === "polygon" && draft ? null : grab(p, ev.ctrlKey || ev.altKey);
   if (hit) {
     selected = hit.index;
     const r = regions[hit.index];
@@ -326,6 +358,10 @@ function transform(g, p, keepAspect) {
   } else if (g.kind === "rotate") {
     const a0 = Math.atan2(g.start[1] - g.c[1], g.start[0] - g.c[0]), a1 = Math.atan2(p[1] - g.c[1], p[0] - g.c[0]);
     r.angle = r0.angle + a1 - a0;
+  } else if (g.kind === "corner") {  // perspective: this corner alone follows the pointer
+    const quad = corners(r0), back = invert(affine(r0));
+    quad[g.corner] = p;
+    if (convex(quad)) r.persp = homography(boxCorners(r0), quad.map(q => apply(back, q)));
   } else {  // scale about the centre, in the region's own (rotated) frame
     const local = q => { const dx = q[0] - g.c[0], dy = q[1] - g.c[1], c = Math.cos(r0.angle), s = Math.sin(r0.angle);
                          return [c * dx + s * dy, -s * dx + c * dy]; };
@@ -373,7 +409,8 @@ function load(msg) {
     regions = []; handleMasks = []; undo = []; redo = []; selected = -1; seq = 0; shown = 0; request = "";
     resultImg.removeAttribute("src"); resultImg.dataset.seq = "";
     refresh();
-    info.textContent = "Select a region: lasso, rectangle, ellipse or polygon; then drag it, its corners, its round grip.";
+    info.textContent = "Select a region: lasso, rectangle, ellipse, polygon or brush; then drag it, its corners " +
+                       "(Ctrl or Alt: one corner), its round grip.";
   };
   img.src = msg.photo;
 }

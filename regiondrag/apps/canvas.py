@@ -1,4 +1,5 @@
-"""The drag canvas of the browser editor: grab a region of the photo and move, turn or scale it.
+"""The drag canvas of the browser editor: select a region of the photo (lasso, rectangle, ellipse,
+polygon, brush), grab it and move, turn, scale or skew it (perspective), the edit following.
 
 The page part is canvas.js (read from disk and served inline: no build step, nothing fetched), run
 by a gr.HTML element. The element's value is the one channel between the two, a JSON string:
@@ -9,9 +10,10 @@ by a gr.HTML element. The element's value is the one channel between the two, a 
   ``why`` are `live_advice`: whether live mode should be on by default, from the re-edit times measured
   here, and why (the page shows it beside its Live checkbox);
 - page -> server: ``{"tab", "seq", "live", "moving", "regions": [{"outline": [[x, y], ...], "matrix":
-  3x3}]}``, each region a `TransformPair` whose handle is the outline's filled polygon, or, for a
-  brushed region, ``"mask": [n0, n1, ...]`` instead of the outline: run lengths over the photo's pixels
-  row by row, alternately outside and inside the region (n0 outside first, maybe 0). Sent with the
+  3x3}]}``, each region a `TransformPair` (its matrix affine, or a homography once a corner was dragged
+  on its own) whose handle is the outline's filled polygon, or, for a brushed region, ``"mask": [n0,
+  n1, ...]`` instead of the outline: run lengths over the photo's pixels row by row, alternately
+  outside and inside the region (n0 outside first, maybe 0). Sent with the
   event ``release`` after every finished action (a region selected, moved, deleted, an undo), and, in
   live mode (``live``), with the event ``input`` while a region is being dragged (``moving``: at most
   one a frame). The server edits a release's request when auto-run or live mode is on, a moving one
@@ -46,8 +48,8 @@ BRUSH_RADIUS = (1, 64, 12)  # the brush's radius in photo pixels: least, most, a
 CANVAS_HTML = ('<div class="rd-tools">' + "".join(
     f'<button data-tool="{t}" class="{"rd-on" if t == "lasso" else ""}">{t.capitalize()}</button>' for t in TOOLS)
     + '<label class="rd-size">radius <input type="range" min="{}" max="{}" value="{}"></label>'.format(*BRUSH_RADIUS)
-    + '<span class="rd-keys">drag inside: move; corners: scale (Shift: keep aspect); round grip: rotate; '
-      'Delete; Ctrl-Z / Ctrl-Shift-Z; brush: [ ]</span>'
+    + '<span class="rd-keys">drag inside: move; corners: scale (Shift: keep aspect; Ctrl or Alt: one corner, '
+      'perspective); round grip: rotate; Delete; Ctrl-Z / Ctrl-Shift-Z; brush: [ ]</span>'
       '<label class="rd-live"><input type="checkbox"> Live</label> <span class="rd-why"></span></div>'
       '<div class="rd-row"><canvas class="rd-view" width="1" height="1"></canvas>'
       '<img class="rd-result" alt=""></div><div class="rd-info">Upload a photo to start.</div>')

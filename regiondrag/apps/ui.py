@@ -1,8 +1,9 @@
 """The browser editor: `python -m regiondrag ui` — draw regions on a photo, see the preview, drag.
 
-The drag canvas (select a region, grab it, the edit follows on release) is canvas.py / canvas.js;
-here are its handlers: the inversion started on upload, the dragged regions as the session's transform
-pairs, and the auto-run edit.
+The drag canvas (select a region, grab it, the edit follows on release, or as the mouse moves in live
+mode) is canvas.py / canvas.js; here are its handlers: the inversion started on upload (showing its
+steps), the dragged regions as the session's transform pairs, and the auto-run and live edits, timed
+(the re-edit times decide whether live mode is on by default).
 
 A thin Gradio layer over the library: regions are the dataclasses of `regiondrag.regions`
 (validated by them), the feedback is `draw_preview` over `dense_mapping` and the pipeline's
