@@ -1,4 +1,6 @@
-"""The drag canvas's server side: the page's JSON read into transform pairs, bad input in one line."""
+"""The drag canvas's server side: the page's JSON read into transform pairs, bad input in one line; the
+advice on live mode."""
+import argparse
 import json
 
 import numpy as np
@@ -67,3 +69,14 @@ def test_live_mode_is_advised_only_where_re_edits_were_timed_fast():
     advice = live_advice(times.typical())
     assert not advice["live"] and "re-edits take 39.00 s here" in advice["why"]
     assert live_advice(0.3, max_s=0.5)["live"] and not live_advice(LIVE_MAX_S)["live"]
+
+
+def test_the_ui_command_says_the_live_threshold_and_refuses_a_bad_one(capsys):
+    from regiondrag.apps.cli import build_parser, main
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    ui_help = " ".join(commands["ui"].format_help().split())  # help wraps lines
+    assert f"regiondrag/apps/canvas.py, {LIVE_MAX_S:g})" in ui_help
+    for bad in ("0", "-1", "inf", "nan"):
+        assert main(["ui", "--live-max-s", bad]) != 0
+        assert "--live-max-s" in capsys.readouterr().err

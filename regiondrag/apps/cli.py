@@ -341,6 +341,8 @@ def run_ui(args: argparse.Namespace) -> None:
         raise UsageError(f"--port {args.port} is not a port; use 1 ... 65535")
     if args.max_side is not None:
         edit_config(args)  # range-checks --max-side before the slow load
+    if args.live_max_s is not None and not 0 < args.live_max_s < float("inf"):
+        raise UsageError(f"--live-max-s {args.live_max_s:g} is not a time; give seconds > 0, e.g. 0.25")
     try:
         from . import ui
     except ImportError as e:

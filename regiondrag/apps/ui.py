@@ -560,12 +560,12 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None,
                 export_file = gr.File(label="Exported regions", interactive=False, height=120)
         status = gr.Markdown(elem_id="status")
         with gr.Group():
-            gr.Markdown("### Drag on the photo\nSelect a region (lasso, rectangle, ellipse, polygon), then drag "
-                        "it: the preview follows the mouse; on release the edit runs (with auto-run on).")
-            with gr.Row():
-                auto_run = gr.Checkbox(value=not cpu, label="Auto-run the edit on release" + (
-                    " (on CPU an edit takes long: off by default, use Drag)" if cpu else ""), elem_id="auto-run")
-                inversion_status = gr.Markdown("Inversion: starts when a photo is uploaded.", elem_id="inversion")
+            gr.Markdown("### Drag on the photo\nSelect a region (lasso, rectangle, ellipse, polygon, brush), then "
+                        "drag it: the preview follows the mouse; on release the edit runs (with auto-run on), or "
+                        "as the mouse moves (Live).")
+            auto_run = gr.Checkbox(value=not cpu, label="Auto-run the edit on release" + (
+                " (on CPU an edit takes long: off by default, use Drag)" if cpu else ""), elem_id="auto-run")
+            inversion_status = gr.Markdown("Inversion: starts when a photo is uploaded.", elem_id="inversion")
             canvas = canvas_component()
         gr.Markdown("### Precise input: regions by form (brush masks, polygons, points)")
         with gr.Row():
