@@ -205,7 +205,7 @@ def test_live_mode_shows_edits_while_the_mouse_moves(server_url, tiny_sd_folder,
     shots = tmp_path / "screenshots"
     shots.mkdir()
     print(f"screenshots: {shots}")
-    with offline_page(server_url, 1100, shots) as page:
+    with offline_page(server_url, 1700, shots) as page:
         page.goto(server_url)
         upload(page)
         page.locator("#auto-run input").check()
@@ -261,7 +261,7 @@ def test_brush_a_region_and_drag_it(server_url, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
     print(f"screenshots: {shots}")
-    with offline_page(server_url, 1100, shots) as page:
+    with offline_page(server_url, 1700, shots) as page:
         page.goto(server_url)
         upload(page)
         page.locator("#canvas button[data-tool=brush]").click()
@@ -294,7 +294,7 @@ def test_perspective_corners_dragged_one_by_one(server_url, tiny_sd_folder, tmp_
     shots = tmp_path / "screenshots"
     shots.mkdir()
     print(f"screenshots: {shots}")
-    with offline_page(server_url, 1100, shots) as page:
+    with offline_page(server_url, 1700, shots) as page:
         page.goto(server_url)
         upload(page)
         page.locator("#auto-run input").check()
