@@ -293,9 +293,11 @@ class RegionDragPipeline:
         return Image.fromarray(np.where(keep[..., None], np.asarray(photo), np.asarray(edited)))
 
     def invert(self, work: Image.Image, prompt: str, config: Optional[EditConfig] = None, progress: bool = True,
-               clock: Optional[PhaseClock] = None) -> Inversion:
+               clock: Optional[PhaseClock] = None, on_step: Optional[Callable[[int, int], None]] = None
+               ) -> Inversion:
         """Encode the (working-size) photo and invert it, recording K/V; cached by the photo's content, the
-        prompt and the settings an inversion depends on (config.inversion)."""
+        prompt and the settings an inversion depends on (config.inversion). on_step(i, n) follows the
+        inversion's UNet calls (i of n done), e.g. to show its progress."""
         config = self.config if config is None else config
         key = (hashlib.sha1(work.tobytes()).hexdigest(), work.size, prompt, config.inversion)
         if self._cache is not None and self._cache[0] == key:
@@ -312,15 +314,17 @@ class RegionDragPipeline:
                 image_prompt = self.image_prompter(work, config.ip_scale)
         with clock("encode_s"):
             latent = self.encode(to_tensor(work, self.device, self.dtype), generator)
-        store = KVStore(self.unet.num_self_attention_layers)
+        store, grid = KVStore(self.unet.num_self_attention_layers), config.timestep_grid()
 
         def record(x: Tensor, t: int, i: int) -> Tensor:
             eps, kvs = self.unet.forward_recording_kv(x, self._timestep(t), context, image_prompt=image_prompt)
             store.record(i, kvs)
+            if on_step is not None:
+                on_step(i + 1, len(grid.inversion))
             return eps
 
         with clock("inversion_s"):
-            traj = invert(record, latent, config.timestep_grid(), self.alphas_cumprod, sde=config.sde, generator=generator,
+            traj = invert(record, latent, grid, self.alphas_cumprod, sde=config.sde, generator=generator,
                           prediction_type=self.prediction_type, disable=not progress)
         inv = Inversion(traj.latents, traj.noises, store, context, image_prompt, generator.get_state())
         self._cache = (key, inv)

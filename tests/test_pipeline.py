@@ -346,6 +346,15 @@ def test_cache_is_invalidated_by_other_settings(pipe):
     assert not torch.equal(pipe.cached_inversion().latents[0], first.latents[0])
 
 
+def test_the_inversion_reports_each_step_as_it_finishes(pipe):
+    config = pipe.config.replace(steps=STEPS, start_t=START_T, max_side=None)
+    steps = []
+    pipe.invert(Image.fromarray(PHOTO), "", config, progress=False, on_step=lambda i, n: steps.append((i, n)))
+    assert steps == [(i, N) for i in range(1, N + 1)]
+    pipe.invert(Image.fromarray(PHOTO), "", config, progress=False, on_step=lambda i, n: steps.append((i, n)))
+    assert len(steps) == N  # a cached inversion runs no step
+
+
 # -- the rest of the surface ----------------------------------------------------------------------
 
 def test_cp_then_encode_preview_differs_from_the_photo_at_the_target(pipe):

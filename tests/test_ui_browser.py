@@ -38,8 +38,10 @@ def server_url(tiny_sd_folder, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("ui_server") / "server.log"
     with open(log, "w") as out:
+        # --live-max-s: the tiny model's re-edits take 0.1-0.3 s on a loaded 2-core CPU; live mode on by default
         proc = subprocess.Popen([sys.executable, "-m", "regiondrag", "ui", "--weights", str(tiny_sd_folder),
-                                 "--device", "cpu", "--dtype", "fp32", "--port", str(port), "--max-side", "128"],
+                                 "--device", "cpu", "--dtype", "fp32", "--port", str(port), "--max-side", "128",
+                                 "--live-max-s", "60"],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
     try:

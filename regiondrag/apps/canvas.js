@@ -2,35 +2,55 @@
 // copy-paste preview as the mouse moves. Run by gradio's gr.HTML (js_on_load) with `element`, `props`,
 // `trigger` and `watch`; see regiondrag/apps/canvas.py for the protocol with the server.
 //
-// Geometry is in photo pixels (x right, y down). A region is its handle outline (integer vertices, the
-// polygon the server rasterises) and a transform about the outline's box centre c:
-//   M = T(c + t) R(angle) S(sx, sy) T(-c)    (handle point -> target point)
+// Geometry is in photo pixels (x right, y down). A region is its handle, an outline (integer vertices, the
+// polygon the server rasterises) or a brushed mask (run lengths, as the server gets it), and a transform
+// about the centre c of the handle's box:
+//   M = T(c + t) R(angle) S(sx, sy) T(-c) P    (handle point -> target point)
+// where P, a homography, is the identity until a corner is dragged on its own (perspective, Ctrl or Alt
+// held): then P takes the box's corners to the dragged corners carried back through the affine part.
 // The preview warps exactly as the library's pixel copy-paste preview (RegionDragPipeline.preview of a
 // transform pair): each target pixel p takes the photo's pixel floor(M^-1 p + 1e-6) when that one lies in
 // the handle; regions are pasted in order, all reading the original photo. The server's mapping decides
 // the edit; this warp is only the preview.
 const CELL_SNAP = 1e-6;  // regiondrag.mapping.CELL_SNAP
 const HANDLE = "rgb(235,45,45)", TARGET = "rgb(40,110,255)", GRIP = 7, ROTATE_OFFSET = 28, MIN_MOVE = 2;
+const BRUSH_STEP = 2;  // [ and ] change the brush radius by this (photo pixels); the slider spans its range
 
 const canvas = element.querySelector("canvas.rd-view");
 const ctx = canvas.getContext("2d");
 const info = element.querySelector(".rd-info");
 const resultImg = element.querySelector("img.rd-result");
+const liveBox = element.querySelector(".rd-live input"), why = element.querySelector(".rd-why");
+const brushSize = element.querySelector(".rd-size input");
 const tab = Math.random().toString(36).slice(2);  // this tab's id: its requests are compared by seq
 let photo = null, original = null, preview = null, handleMasks = [];  // ImageData / canvases at photo size
 let regions = [], selected = -1, tool = "lasso", seq = 0, shown = 0, replies = 0;
-let undo = [], redo = [], gesture = null, draft = null, request = "";
+let undo = [], redo = [], gesture = null, draft = null, request = "", pointer = null;
+// live mode: the user's choice (null: none yet, the server's advice decides), that advice, a frame asked for
+let liveChosen = null, liveAdvice = {live: false, why: ""}, frameAsked = false;
 
 // -- geometry -------------------------------------------------------------------------------------
 function box(outline) {
   const xs = outline.map(p => p[0]), ys = outline.map(p => p[1]);
   return [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
 }
-function centre(r) { const b = box(r.outline); return [(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]; }
+function maskBox(mask) {  // of the mask's pixels, as box() of an outline's vertices
+  const W = photo.width, b = [Infinity, Infinity, -Infinity, -Infinity];
+  mask.forEach((v, i) => { if (v) { const x = i % W, y = (i - x) / W;
+    b[0] = Math.min(b[0], x); b[1] = Math.min(b[1], y); b[2] = Math.max(b[2], x); b[3] = Math.max(b[3], y); } });
+  return b;
+}
+function centre(r) { const b = r.box; return [(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]; }
 function matrix(r) {  // 3x3 row-major, handle -> target
+  return r.persp ? multiply(affine(r), r.persp) : affine(r);
+}
+function affine(r) {  // the move, turn and scale
   const [cx, cy] = centre(r), c = Math.cos(r.angle), s = Math.sin(r.angle);
   const a = c * r.sx, b = -s * r.sy, d = s * r.sx, e = c * r.sy;
   return [[a, b, cx + r.tx - a * cx - b * cy], [d, e, cy + r.ty - d * cx - e * cy], [0, 0, 1]];
+}
+function multiply(m, n) {
+  return m.map(row => [0, 1, 2].map(j => row[0] * n[0][j] + row[1] * n[1][j] + row[2] * n[2][j]));
 }
 function apply(m, p) {
   const w = m[2][0] * p[0] + m[2][1] * p[1] + m[2][2];
@@ -43,17 +63,29 @@ function invert(m) {
           [B / det, (a * i - c * g) / det, (c * d - a * f) / det],
           [C / det, (b * g - a * h) / det, (a * e - b * d) / det]];
 }
-function inside(poly, p) {  // even-odd rule
-  let hit = false;
-  for (let i = 0, j = poly.length - 1; i < poly.length; j = i++) {
-    const [xi, yi] = poly[i], [xj, yj] = poly[j];
-    if ((yi > p[1]) !== (yj > p[1]) && p[0] < (xj - xi) * (p[1] - yi) / (yj - yi) + xi) hit = !hit;
-  }
-  return hit;
-}
+function boxCorners(r) { const b = r.box; return [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]]; }
 function corners(r) {  // the handle box's corners carried by the transform, then its rotation grip
-  const b = box(r.outline), m = matrix(r);
-  return [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]].map(p => apply(m, p));
+  const m = matrix(r);
+  return boxCorners(r).map(p => apply(m, p));
+}
+function homography(from, to) {  // the 3x3 matrix (last entry 1) taking 4 points to 4 points
+  const rows = from.flatMap(([x, y], i) => [[x, y, 1, 0, 0, 0, -to[i][0] * x, -to[i][0] * y, to[i][0]],
+                                            [0, 0, 0, x, y, 1, -to[i][1] * x, -to[i][1] * y, to[i][1]]]);
+  for (let c = 0; c < 8; c++) {  // Gauss-Jordan elimination with partial pivoting on the 8x9 system
+    const p = rows.reduce((best, row, i) => i >= c && Math.abs(row[c]) > Math.abs(rows[best][c]) ? i : best, c);
+    [rows[c], rows[p]] = [rows[p], rows[c]];
+    const pivot = rows[c].map(v => v / rows[c][c]);
+    rows.forEach((row, i) => {
+      if (i !== c) { const f = row[c]; row.forEach((v, k) => { row[k] = v - f * pivot[k]; }); }
+    });
+    rows[c] = pivot;
+  }
+  const h = rows.map(row => row[8]);
+  return [h.slice(0, 3), h.slice(3, 6), [h[6], h[7], 1]];
+}
+function convex(quad) {  // turning the box's way at every corner: no fold, its horizon outside
+  return quad.every((p, i) => { const q = quad[(i + 1) % 4], s = quad[(i + 2) % 4];
+                                return (q[0] - p[0]) * (s[1] - q[1]) - (q[1] - p[1]) * (s[0] - q[0]) > 0; });
 }
 function rotationGrip(r) {
   const [p0, p1] = corners(r), m = [(p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2];
@@ -69,7 +101,10 @@ function toPhoto(ev) {
 }
 
 // -- the live copy-paste preview ---------------------------------------------------------------------
-function rasterise(outline) {  // the handle as a 0/1 mask at photo size (the server fills the same polygon)
+function handleMask(r) {  // the handle as a 0/1 mask at photo size, as the server reads it
+  return r.runs ? decode(r.runs) : rasterise(r.outline);
+}
+function rasterise(outline) {  // the server fills the same polygon
   const c = new OffscreenCanvas(photo.width, photo.height), g = c.getContext("2d");
   g.fillStyle = "#fff";
   g.beginPath();
@@ -79,9 +114,38 @@ function rasterise(outline) {  // the handle as a 0/1 mask at photo size (the se
   g.strokeStyle = "#fff";  // cv2.fillPoly covers the outline's own pixels too
   g.lineWidth = 1;
   g.stroke();
-  const a = g.getImageData(0, 0, photo.width, photo.height).data, mask = new Uint8Array(photo.width * photo.height);
+  return painted(c);
+}
+function painted(c) {  // the pixels of a canvas at photo size painted at least half opaque
+  const a = c.getContext("2d").getImageData(0, 0, photo.width, photo.height).data;
+  const mask = new Uint8Array(photo.width * photo.height);
   for (let i = 0; i < mask.length; i++) mask[i] = a[4 * i + 3] >= 128;
   return mask;
+}
+function encode(mask) {  // run lengths, row by row: zeros, ones, zeros, ... (the page -> server format)
+  const runs = [];
+  let value = 0, n = 0;
+  for (const v of mask) { if (v !== value) { runs.push(n); value = v; n = 0; } n++; }
+  runs.push(n);
+  return runs;
+}
+function decode(runs) {
+  const mask = new Uint8Array(photo.width * photo.height);
+  let i = 0;
+  runs.forEach((n, k) => { if (k % 2) mask.fill(1, i, i + n); i += n; });
+  return mask;
+}
+const edges = new WeakMap();  // a brushed mask -> the centres of its pixels on its border, to draw it
+function edge(mask) {
+  if (!edges.has(mask)) {
+    const W = photo.width, H = photo.height, out = [];
+    const on = (x, y) => x >= 0 && y >= 0 && x < W && y < H && mask[y * W + x];
+    for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) {
+      if (on(x, y) && !(on(x - 1, y) && on(x + 1, y) && on(x, y - 1) && on(x, y + 1))) out.push([x + 0.5, y + 0.5]);
+    }
+    edges.set(mask, out);
+  }
+  return edges.get(mask);
 }
 function warp() {
   const W = photo.width, H = photo.height, src = original.data, out = new Uint8ClampedArray(src);
@@ -122,10 +186,19 @@ function draw() {
     pts.forEach((p, i) => i ? ctx.lineTo(p[0] * k, p[1] * k) : ctx.moveTo(p[0] * k, p[1] * k));
     ctx.closePath(); ctx.stroke(); ctx.setLineDash([]);
   };
+  const dots = (pts, colour) => {
+    ctx.fillStyle = colour;
+    pts.forEach(p => ctx.fillRect(p[0] * k - 1, p[1] * k - 1, 2, 2));
+  };
   regions.forEach((r, i) => {
     const m = matrix(r);
-    path(r.outline, HANDLE, true);
-    path(r.outline.map(p => apply(m, p)), TARGET, false);
+    if (r.outline) {
+      path(r.outline, HANDLE, true);
+      path(r.outline.map(p => apply(m, p)), TARGET, false);
+    } else {  // brushed: its border pixels, and where the transform puts them
+      dots(edge(handleMasks[i]), HANDLE);
+      dots(edge(handleMasks[i]).map(p => apply(m, p)), TARGET);
+    }
     const a = centre(r), b = apply(m, a);
     arrow(a[0] * k, a[1] * k, b[0] * k, b[1] * k);
     if (i === selected) {
@@ -136,7 +209,13 @@ function draw() {
       ctx.beginPath(); ctx.arc(g[0] * k, g[1] * k, GRIP / 2 + 1, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
     }
   });
-  if (draft && draft.points.length) path(draft.points, HANDLE, false);
+  if (draft && draft.brush) {
+    ctx.globalAlpha = 0.5; ctx.drawImage(draft.brush, 0, 0, canvas.width, canvas.height); ctx.globalAlpha = 1;
+  } else if (draft && draft.points.length) path(draft.points, HANDLE, false);
+  if (tool === "brush" && pointer && !gesture) {  // the brush's reach
+    ctx.strokeStyle = HANDLE; ctx.lineWidth = 1;
+    ctx.beginPath(); ctx.arc(pointer[0] * k, pointer[1] * k, brushSize.value * k, 0, 2 * Math.PI); ctx.stroke();
+  }
 }
 function arrow(x0, y0, x1, y1) {
   const n = Math.hypot(x1 - x0, y1 - y0);
@@ -151,35 +230,54 @@ function refresh() { warp(); draw(); }
 
 // -- state: undo / redo, and what the server sees -----------------------------------------------------
 function snapshot() { return JSON.stringify(regions); }
-function restore(s) { regions = JSON.parse(s); handleMasks = regions.map(r => rasterise(r.outline)); selected = -1; }
+function restore(s) { regions = JSON.parse(s); handleMasks = regions.map(handleMask); selected = -1; }
 function commit(before) {  // one finished action: undoable, and sent to the server (latest wins there)
   if (before !== undefined) { undo.push(before); redo = []; }
-  seq += 1;
-  request = JSON.stringify({tab, seq, regions: regions.map(r => ({outline: r.outline, matrix: matrix(r)}))});
-  props.value = request;
-  trigger("release");
+  send(false);
   info.textContent = regions.length ? `${regions.length} region(s); editing...` : "Select a region to drag.";
 }
+function send(moving) {  // the regions as they are now, as request `seq` (release: a finished action; input: live)
+  seq += 1;
+  request = JSON.stringify({tab, seq, live: liveBox.checked, moving,
+                            regions: regions.map(r => ({...(r.runs ? {mask: r.runs} : {outline: r.outline}),
+                                                        matrix: matrix(r)}))});
+  props.value = request;
+  trigger(moving ? "input" : "release");
+}
+function liveFrame() {  // live mode: one request per animation frame while a region is being dragged
+  if (!liveBox.checked || frameAsked) return;
+  frameAsked = true;
+  requestAnimationFrame(() => { frameAsked = false; if (gesture) send(true); });
+}
+function advise(msg) {  // the server's advice: live mode on by default only where its re-edits are fast
+  liveAdvice = msg;
+  liveBox.checked = liveChosen ?? msg.live;
+  const by = liveChosen === null ? "by default" : "(your choice)";
+  why.textContent = `${liveBox.checked ? "on" : "off"} ${by}: ${msg.why}`;
+}
+liveBox.addEventListener("change", () => { liveChosen = liveBox.checked; advise(liveAdvice); });
 
 // -- the mouse -------------------------------------------------------------------------------------------
-function grab(p) {  // what the pointer at p grabs on the selected region (or any region's target)
+function grab(p, perspective) {  // what the pointer at p grabs on the selected region (or any region's target)
   const tol = (GRIP + 3) / scale();
   if (selected >= 0) {
     const r = regions[selected], g = rotationGrip(r);
     if (Math.hypot(p[0] - g[0], p[1] - g[1]) <= tol) return {kind: "rotate", index: selected};
     const c = corners(r).findIndex(q => Math.hypot(p[0] - q[0], p[1] - q[1]) <= tol);
-    if (c >= 0) return {kind: "scale", index: selected, corner: c};
+    if (c >= 0) return {kind: perspective ? "corner" : "scale", index: selected, corner: c};
   }
-  for (let i = regions.length - 1; i >= 0; i--) {
-    const m = matrix(regions[i]);
-    if (inside(regions[i].outline.map(q => apply(m, q)), p)) return {kind: "move", index: i};
+  for (let i = regions.length - 1; i >= 0; i--) {  // in a target: carried back onto its handle, as the warp does
+    const [x, y] = apply(invert(matrix(regions[i])), p).map(Math.floor);
+    if (x >= 0 && y >= 0 && x < photo.width && y < photo.height && handleMasks[i][y * photo.width + x]) {
+      return {kind: "move", index: i};
+    }
   }
   return null;
 }
 canvas.addEventListener("pointerdown", ev => {
   if (!photo || ev.button !== 0) return;
   try { canvas.setPointerCapture(ev.pointerId); } catch (e) { /* a scripted event has no pointer to capture */ }
-  const p = toPhoto(ev), hit = tool === "polygon" && draft ? null : grab(p);
+  const p = toPhoto(ev), hit = tool === "polygon" && draft ? null : grab(p, ev.ctrlKey || ev.altKey);
   if (hit) {
     selected = hit.index;
     const r = regions[hit.index];
@@ -189,17 +287,29 @@ canvas.addEventListener("pointerdown", ev => {
     const first = draft.points[0];
     if (draft.points.length >= 3 && Math.hypot(p[0] - first[0], p[1] - first[1]) * scale() <= GRIP + 3) finish();
     else draft.points.push(p.map(Math.round));
+  } else if (tool === "brush") {
+    selected = -1;
+    draft = {brush: new OffscreenCanvas(photo.width, photo.height), last: p};
+    paint(p);
   } else {
     selected = -1;
     draft = {points: [p.map(Math.round)], start: p};
   }
   draw();
 });
+function paint(p) {  // the brush from where it was to p: a round-capped stroke as wide as the brush
+  const g = draft.brush.getContext("2d");
+  g.strokeStyle = HANDLE; g.lineWidth = 2 * brushSize.value; g.lineCap = g.lineJoin = "round";
+  g.beginPath(); g.moveTo(...draft.last); g.lineTo(p[0] + 1e-3, p[1]); g.stroke();  // (a dot on its own too)
+  draft.last = p;
+}
 canvas.addEventListener("pointermove", ev => {
   if (!photo) return;
   const p = toPhoto(ev);
-  if (gesture) { transform(gesture, p, ev.shiftKey); refresh(); return; }
-  if (!draft || tool === "polygon" || !ev.buttons) return;
+  pointer = p;
+  if (gesture) { transform(gesture, p, ev.shiftKey); refresh(); liveFrame(); return; }
+  if (draft && draft.brush && ev.buttons) paint(p);
+  if (!draft || draft.brush || tool === "polygon" || !ev.buttons) { if (tool === "brush") draw(); return; }
   const s = draft.start, x0 = Math.round(Math.min(s[0], p[0])), x1 = Math.round(Math.max(s[0], p[0]));
   const y0 = Math.round(Math.min(s[1], p[1])), y1 = Math.round(Math.max(s[1], p[1]));
   if (tool === "lasso") {
@@ -223,13 +333,20 @@ canvas.addEventListener("pointerup", () => {
 });
 canvas.addEventListener("dblclick", () => { if (draft && tool === "polygon") finish(); });
 function finish() {  // close the region being selected
-  const pts = draft.points.filter((p, i, a) => !i || p[0] !== a[i - 1][0] || p[1] !== a[i - 1][1]);
+  let handle = {outline: [], box: [0, 0, 0, 0]};
+  if (draft.brush) {
+    const mask = painted(draft.brush);
+    handle = {runs: encode(mask), box: maskBox(mask)};
+  } else {
+    const pts = draft.points.filter((p, i, a) => !i || p[0] !== a[i - 1][0] || p[1] !== a[i - 1][1]);
+    if (pts.length >= 3) handle = {outline: pts, box: box(pts)};
+  }
   draft = null;
-  const b = pts.length >= 3 ? box(pts) : [0, 0, 0, 0];
-  if (b[2] - b[0] < 4 || b[3] - b[1] < 4) { draw(); return; }  // a click, not a region
+  const b = handle.box;
+  if (!(b[2] - b[0] >= 4 && b[3] - b[1] >= 4)) { draw(); return; }  // a click, not a region
   const before = snapshot();
-  regions.push({outline: pts, tx: 0, ty: 0, angle: 0, sx: 1, sy: 1});
-  handleMasks.push(rasterise(pts));
+  regions.push({...handle, tx: 0, ty: 0, angle: 0, sx: 1, sy: 1});
+  handleMasks.push(handleMask(handle));
   selected = regions.length - 1;
   refresh();
   commit(before);
@@ -241,6 +358,10 @@ function transform(g, p, keepAspect) {
   } else if (g.kind === "rotate") {
     const a0 = Math.atan2(g.start[1] - g.c[1], g.start[0] - g.c[0]), a1 = Math.atan2(p[1] - g.c[1], p[0] - g.c[0]);
     r.angle = r0.angle + a1 - a0;
+  } else if (g.kind === "corner") {  // perspective: this corner alone follows the pointer
+    const quad = corners(r0), back = invert(affine(r0));
+    quad[g.corner] = p;
+    if (convex(quad)) r.persp = homography(boxCorners(r0), quad.map(q => apply(back, q)));
   } else {  // scale about the centre, in the region's own (rotated) frame
     const local = q => { const dx = q[0] - g.c[0], dy = q[1] - g.c[1], c = Math.cos(r0.angle), s = Math.sin(r0.angle);
                          return [c * dx + s * dy, -s * dx + c * dy]; };
@@ -263,6 +384,9 @@ element.addEventListener("keydown", ev => {
     if (!from.length) return;
     to.push(snapshot()); restore(from.pop()); refresh(); commit();
   } else if (ev.key === "Enter" && draft && tool === "polygon") finish();
+  else if (ev.key === "[" || ev.key === "]") {  // the slider keeps the radius in its range
+    brushSize.value = Number(brushSize.value) + (ev.key === "]" ? BRUSH_STEP : -BRUSH_STEP); draw();
+  }
   else if (ev.key === "Escape") { draft = null; selected = -1; draw(); }
   else return;
   ev.preventDefault();
@@ -285,7 +409,8 @@ function load(msg) {
     regions = []; handleMasks = []; undo = []; redo = []; selected = -1; seq = 0; shown = 0; request = "";
     resultImg.removeAttribute("src"); resultImg.dataset.seq = "";
     refresh();
-    info.textContent = "Select a region: lasso, rectangle, ellipse or polygon; then drag it, its corners, its round grip.";
+    info.textContent = "Select a region: lasso, rectangle, ellipse, polygon or brush; then drag it, its corners " +
+                       "(Ctrl or Alt: one corner), its round grip.";
   };
   img.src = msg.photo;
 }
@@ -293,6 +418,7 @@ watch("value", () => {
   let msg;
   try { msg = JSON.parse(props.value); } catch (e) { return; }
   if (msg.photo) load(msg);
+  if ("live" in msg) advise(msg);
   if (msg.tab === tab) replies += 1;  // one per edit the server ran for this tab
   if (msg.result && msg.tab === tab && msg.seq === seq && msg.seq > shown) {
     shown = msg.seq;
@@ -309,6 +435,7 @@ canvas.regiondrag = {
                  return c.convertToBlob().then(b => new Promise(ok => { const f = new FileReader(); f.onload = () => ok(f.result); f.readAsDataURL(b); })); },
   regions() { return regions.map(r => ({...r, matrix: matrix(r)})); },
   seq() { return seq; },
+  shown() { return shown; },
   replies() { return replies; },
   grips() { return selected < 0 ? null : {corners: corners(regions[selected]), rotate: rotationGrip(regions[selected]),
                                          centre: apply(matrix(regions[selected]), centre(regions[selected]))}; },

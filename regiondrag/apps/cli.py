@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
     u.add_argument("--max-side", type=int, help="long side the model works at (default: the backbone's: "
                                                 "SD1.5 512, SD2.1 768, SDXL 1024)")
+    u.add_argument("--live-max-s", type=float, metavar="S",
+                   help="live mode (edits while the mouse moves) is on by default where the re-edits timed here take "
+                        "under S seconds (default: LIVE_MAX_S in regiondrag/apps/canvas.py, 0.25)")
     return parser
 
 
@@ -339,6 +342,8 @@ def run_ui(args: argparse.Namespace) -> None:
         raise UsageError(f"--port {args.port} is not a port; use 1 ... 65535")
     if args.max_side is not None:
         edit_config(args)  # range-checks --max-side before the slow load
+    if args.live_max_s is not None and not 0 < args.live_max_s < float("inf"):
+        raise UsageError(f"--live-max-s {args.live_max_s:g} is not a time; give seconds > 0, e.g. 0.25")
     try:
         from . import ui
     except ImportError as e:
@@ -350,7 +355,7 @@ def run_ui(args: argparse.Namespace) -> None:
                                               device=args.device, dtype=DTYPES.get(args.dtype))
     _say_precision(pipe)
     try:
-        ui.launch(pipe, args.host, args.port, args.max_side or pipe.config.max_side)
+        ui.launch(pipe, args.host, args.port, args.max_side or pipe.config.max_side, live_max_s=args.live_max_s)
     except OSError:  # gradio's message names its own environment variable and launch() argument
         raise UsageError(f"cannot serve on {args.host}:{args.port} (the port is taken, or the host is not "
                          f"this machine's); choose another --port or --host") from None

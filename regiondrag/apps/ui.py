@@ -1,8 +1,9 @@
 """The browser editor: `python -m regiondrag ui` — draw regions on a photo, see the preview, drag.
 
-The drag canvas (select a region, grab it, the edit follows on release) is canvas.py / canvas.js;
-here are its handlers: the inversion started on upload, the dragged regions as the session's transform
-pairs, and the auto-run edit.
+The drag canvas (select a region, grab it, the edit follows on release, or as the mouse moves in live
+mode) is canvas.py / canvas.js; here are its handlers: the inversion started on upload (showing its
+steps), the dragged regions as the session's transform pairs, and the auto-run and live edits, timed
+(the re-edit times decide whether live mode is on by default).
 
 A thin Gradio layer over the library: regions are the dataclasses of `regiondrag.regions`
 (validated by them), the feedback is `draw_preview` over `dense_mapping` and the pipeline's
@@ -17,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import os
+import queue
 import shutil
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -42,7 +46,8 @@ from ..pipeline import RegionDragPipeline
 from ..precision import precision_note
 from ..regions import (DEFAULT_POINT_RADIUS, MAX_PAIRS, POINT_SHAPES, MaskPair, PointPairs, PolygonPair, Region,
                        RegionError, RegionPoints)
-from .canvas import canvas_component, canvas_pairs, photo_message, read_request, result_message
+from .canvas import (LIVE_MAX_S, EditTimes, canvas_component, canvas_pairs, live_advice, photo_message, read_request,
+                     result_message)
 from .memory import failed_allocation, give_memory_back
 from .outputs import save_image_atomic
 from .preview import HANDLE_RGB, TARGET_RGB, draw_preview
@@ -85,24 +90,53 @@ class Session:
         return dataclasses.replace(self, pairs=pairs)
 
 
+PAGE_ERRORS = (UIError, RegionError, ImageError, UploadError, ConfigError, FloatingPointError)  # bad input
+
+
 def shows_errors(fn):
-    """Bad input becomes a one-line message in the page (gr.Error), never a traceback."""
-    @functools.wraps(fn)  # keeps the signature, where gradio finds gr.Progress
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (UIError, RegionError, ImageError, UploadError, ConfigError, FloatingPointError) as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        except (MemoryError, RuntimeError) as e:
-            asked = failed_allocation(e)
-            if asked is None:
-                raise
-            message = (f"out of memory on the server: an allocation of {asked} failed, and nothing changed; try "
-                       f"again when fewer edits run, or a smaller photo; whoever runs the server can start it with "
-                       f"a smaller --max-side, half precision (--dtype bf16 or fp16) or on a GPU")
-        give_memory_back()  # outside the except: the failed call's frames are no longer held
-        raise gr.Error(message, print_exception=False)
+    """Bad input, and memory running out, become a one-line message in the page (gr.Error), never a
+    traceback; a generator (an event that streams updates) stays one, as gradio tells them apart by their
+    function. The message is raised outside the `except`: the failed call's frames are freed by then, so
+    give_memory_back can return what they held."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)  # keeps the signature, where gradio finds gr.Progress
+        def wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+                return
+            except Exception as e:
+                message = page_message(e)
+                if message is None:
+                    raise
+            raise _page_error(message)
+    else:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                message = page_message(e)
+                if message is None:
+                    raise
+            raise _page_error(message)
     return wrapper
+
+
+def page_message(e: Exception) -> Optional[str]:
+    """The page's one line for bad input or an allocation failure; None for anything else (a bug)."""
+    if isinstance(e, PAGE_ERRORS):
+        return str(e)
+    asked = failed_allocation(e)
+    if asked is None:
+        return None
+    return (f"out of memory on the server: an allocation of {asked} failed, and nothing changed; try again when "
+            f"fewer edits run, or a smaller photo; whoever runs the server can start it with a smaller --max-side, "
+            f"half precision (--dtype bf16 or fp16) or on a GPU")
+
+
+def _page_error(message: str) -> gr.Error:
+    give_memory_back()  # a garbage collection: little next to any edit, and after an out-of-memory it is needed
+    return gr.Error(message, print_exception=False)
 
 
 # -- photo ------------------------------------------------------------------------------------
@@ -442,11 +476,18 @@ it goes) in a tab and press **Add pair**; pairs of any kinds add up. **3.** Rele
 The preview (regions, dense mapping arrows, and the copy-pasted pixels) needs no model."""
 
 
-def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Blocks:
+def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None,
+              live_max_s: Optional[float] = None) -> gr.Blocks:
     """The page; `pipe` is shared by every browser tab, one Drag at a time. Its settings start at the
-    pipeline's defaults (the reference's, at the backbone's working size unless max_side is given)."""
+    pipeline's defaults (the reference's, at the backbone's working size unless max_side is given).
+    Live mode is on by default where the re-edits timed here take under live_max_s seconds (LIVE_MAX_S)."""
     defaults = pipe.config
     max_side = max_side or defaults.max_side
+    live_max_s = LIVE_MAX_S if live_max_s is None else live_max_s
+    edit_times = EditTimes()  # of this model on this device, whichever tab asked
+
+    def advice() -> dict:
+        return live_advice(edit_times.typical(), live_max_s)
 
     @shows_errors
     def load(path):
@@ -469,6 +510,8 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
                           config_of(session, *settings))
         seconds = time.perf_counter() - clock
         reused = cached is not None and pipe.cached_inversion() is cached
+        if reused:
+            edit_times.add(seconds)
         return result, drag_message(seconds, reused, result.timings)
 
     @shows_errors
@@ -488,30 +531,43 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
         return session.with_pairs(kept + canvas_pairs(request, session.photo.size))
 
     @shows_errors
-    def edit_on_release(session: Session, value, auto, mask_value, prompt, *settings,
-                        progress=gr.Progress(track_tqdm=True)):
-        """Auto-run: the edit of the canvas's latest regions, from the cached inversion; the page shows
-        it only if no newer request came meanwhile (a queued one is replaced: trigger_mode always_last)."""
+    def edit_request(moving: bool, session: Session, value, auto, mask_value, prompt, *settings,
+                     progress=gr.Progress(track_tqdm=True)):
+        """Auto-run and live mode: the edit of the canvas's latest regions, from the cached inversion; the
+        page shows it only if no newer request came meanwhile (a queued one is replaced: trigger_mode
+        always_last). `moving`: this handler is the live event's, whose requests come mid-drag; a request
+        of the other event (read when a replaced one's turn came) is that event's to run."""
         request = read_request(value)
-        if not auto or session.photo is None or not request:
+        if session.photo is None or not request or bool(request.get("moving")) != moving:
+            return gr.skip()
+        if not (moving or auto or request.get("live")):
             return gr.skip()
         regions = [p for p in session.pairs if p.kind != "transform"] + canvas_pairs(request, session.photo.size)
         if not regions:
-            return result_message(request, None, "No regions: select one on the photo.")
+            return result_message(request, None, "No regions: select one on the photo.", advice())
         result, message = edited(session, regions, mask_value, prompt, settings)
-        return result_message(request, result.image, message)
+        return result_message(request, result.image, message, advice())
 
     @shows_errors
-    def invert_ahead(session: Session, prompt, *settings, progress=gr.Progress(track_tqdm=True)):
-        """Invert the photo now, while the user draws: the first drag then runs only the denoising half."""
+    def invert_ahead(session: Session, prompt, *settings):
+        """Invert the photo now, while the user draws (the first drag then runs only the denoising half),
+        showing its steps as they finish: the inversion runs in a thread that reports them here."""
         if session.photo is None:
-            return gr.skip()
+            yield gr.skip()
+            return
         config, clock = config_of(session, *settings), time.perf_counter()
-        cached = pipe.cached_inversion()
-        inversion = pipe.invert(RegionDragPipeline.working_photo(session.photo, config.max_side), prompt or "", config)
-        if inversion is cached:
-            return "Inversion ready (already cached)."
-        return f"Inversion ready ({time.perf_counter() - clock:.2f} s): a drag now runs only the denoising half."
+        cached, steps = pipe.cached_inversion(), queue.SimpleQueue()
+        work = RegionDragPipeline.working_photo(session.photo, config.max_side)
+        with ThreadPoolExecutor(1) as thread:
+            job = thread.submit(pipe.invert, work, prompt or "", config, progress=False,
+                                on_step=lambda i, n: steps.put(f"Inversion: step {i}/{n} ({100 * i // n}%)..."))
+            while not job.done() or not steps.empty():
+                with contextlib.suppress(queue.Empty):
+                    yield steps.get(timeout=0.1)
+        if job.result() is cached:
+            yield "Inversion ready (already cached)."
+        else:
+            yield f"Inversion ready ({time.perf_counter() - clock:.2f} s): a drag now runs only the denoising half."
 
     cpu = pipe.device.type == "cpu"
     with gr.Blocks(title="RegionDrag", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as app:
@@ -530,12 +586,12 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
                 export_file = gr.File(label="Exported regions", interactive=False, height=120)
         status = gr.Markdown(elem_id="status")
         with gr.Group():
-            gr.Markdown("### Drag on the photo\nSelect a region (lasso, rectangle, ellipse, polygon), then drag "
-                        "it: the preview follows the mouse; on release the edit runs (with auto-run on).")
-            with gr.Row():
-                auto_run = gr.Checkbox(value=not cpu, label="Auto-run the edit on release" + (
-                    " (on CPU an edit takes long: off by default, use Drag)" if cpu else ""), elem_id="auto-run")
-                inversion_status = gr.Markdown("Inversion: starts when a photo is uploaded.", elem_id="inversion")
+            gr.Markdown("### Drag on the photo\nSelect a region (lasso, rectangle, ellipse, polygon, brush), then "
+                        "drag it: the preview follows the mouse; on release the edit runs (with auto-run on), or "
+                        "as the mouse moves (Live).")
+            auto_run = gr.Checkbox(value=not cpu, label="Auto-run the edit on release" + (
+                " (on CPU an edit takes long: off by default, use Drag)" if cpu else ""), elem_id="auto-run")
+            inversion_status = gr.Markdown("Inversion: starts when a photo is uploaded.", elem_id="inversion")
             canvas = canvas_component()
         gr.Markdown("### Precise input: regions by form (brush masks, polygons, points)")
         with gr.Row():
@@ -646,7 +702,7 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
         drag_button.click(drag, [session, mask_editor, prompt, *settings], [input_image, result_image, drag_time],
                           api_name="drag", concurrency_limit=1, concurrency_id="model")
         # the drag canvas: a new photo, its inversion at once (and again when a setting it depends on changes)
-        uploaded.success(lambda s: photo_message(s.photo), session, canvas, api_visibility="private",
+        uploaded.success(lambda s: photo_message(s.photo, advice()), session, canvas, api_visibility="private",
                          show_progress="hidden").then(
             invert_ahead, [session, prompt, *settings], inversion_status, api_visibility="private",
             concurrency_limit=1, concurrency_id="model")
@@ -655,9 +711,10 @@ def build_app(pipe: RegionDragPipeline, max_side: Optional[int] = None) -> gr.Bl
                            concurrency_limit=1, concurrency_id="model", trigger_mode="always_last")
         refreshing(canvas.release(sync_canvas, [session, canvas], session, api_visibility="private",
                                   trigger_mode="always_last", show_progress="hidden"))
-        canvas.release(edit_on_release, [session, canvas, auto_run, mask_editor, prompt, *settings], canvas,
-                       api_visibility="private", concurrency_limit=1, concurrency_id="model",
-                       trigger_mode="always_last", show_progress="hidden")  # the canvas says "editing..."
+        for event, moving in ((canvas.release, False), (canvas.input, True)):  # input: live mode's mid-drag requests
+            event(functools.partial(edit_request, moving), [session, canvas, auto_run, mask_editor, prompt, *settings],
+                  canvas, api_visibility="private", concurrency_limit=1, concurrency_id="model",
+                  trigger_mode="always_last", show_progress="hidden")  # the canvas says "editing..."
 
         def forget_session(request: gr.Request) -> None:
             """A closed tab's photo and pairs are freed at once (Gradio would keep them an hour, for a reconnect)."""
@@ -686,9 +743,9 @@ CACHE_CLEANUP = (600, 3600)  # Gradio's delete_cache: (every, older than) in sec
 
 
 def launch(pipe: RegionDragPipeline, host: str = "127.0.0.1", port: int = 7860, max_side: Optional[int] = None,
-           block: bool = True) -> gr.Blocks:
+           block: bool = True, live_max_s: Optional[float] = None) -> gr.Blocks:
     """Serve the page on host:port (one Drag at a time on the model, the others queued)."""
-    app = build_app(pipe, max_side)
+    app = build_app(pipe, max_side, live_max_s)
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block,
                quiet=not block, theme=gr.themes.Default(**THEME_FONTS), footer_links=["api"],
