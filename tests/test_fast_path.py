@@ -159,3 +159,17 @@ def test_the_cpu_vae_layout_is_the_measured_one(dtype, channels_last):
     convs = [m.weight for m in vae.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) == channels_last for w in convs)
     assert all(w.is_contiguous() for w in unet.parameters())  # the UNet: contiguous (channels-last measured slower)
+
+
+def test_a_channels_last_vae_hands_the_unet_the_standard_layout(photo_and_regions):
+    """The CPU's bfloat16 VAE is channels-last; the latent it encodes must not carry that layout into the
+    UNet, which is measured slower channels-last: every UNet call of an edit gets a contiguous input."""
+    torch.manual_seed(0)
+    unet, vae = UNet(UNetConfig.tiny()).to(torch.bfloat16), AutoencoderKL(VAEConfig.tiny()).to(torch.bfloat16)
+    context = torch.randn(1, 77, 32, dtype=torch.bfloat16)
+    pipe = RegionDragPipeline(unet, vae, lambda prompt: context)
+    assert next(p for p in vae.parameters() if p.ndim == 4).is_contiguous(memory_format=torch.channels_last)
+    inputs = []
+    unet.conv_in.register_forward_pre_hook(lambda module, args: inputs.append(args[0].is_contiguous()))
+    pipe.edit(*photo_and_regions, max_side=64, progress=False)
+    assert len(inputs) == 2 * len(pipe.config.timestep_grid().denoising) and all(inputs), inputs
