@@ -19,6 +19,8 @@ import re
 import subprocess
 import sys
 import zipfile
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +92,18 @@ def upload(page) -> list[str]:
     return page.evaluate("() => window.inversionTexts")
 
 
+@contextmanager
+def canvas_page(server_url: str, tmp_path: Path):
+    """The editor in Chromium, the photo uploaded and its inversion ready: (page, screenshot folder, the
+    texts the inversion status showed meanwhile)."""
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"screenshots: {shots}")
+    with offline_page(server_url, 1700, shots) as page:
+        page.goto(server_url)
+        yield page, shots, upload(page)
+
+
 def canvas_api(page, call: str):
     return page.evaluate(f"() => document.querySelector('#canvas canvas.rd-view').regiondrag.{call}")
 
@@ -143,12 +157,7 @@ def wait_for_result(page, seq: int) -> str:
 
 @pytest.mark.slow  # a minute or two (a subprocess server, software-rendered canvas): CI runs it with -m slow
 def test_drag_a_region_with_the_mouse_and_the_edit_follows(server_url, tiny_sd_folder, tmp_path):
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    print(f"screenshots: {shots}")
-    with offline_page(server_url, 1700, shots) as page:
-        page.goto(server_url)
-        texts = upload(page)  # inverted ahead, on upload, the steps shown as they finish
+    with canvas_page(server_url, tmp_path) as (page, shots, texts):  # inverted ahead, on upload
         assert any(re.search(r"Inversion: step \d+/10 \(\d+%\)\.\.\.", t) for t in texts), texts
         assert not live_state(page)[0] and "no re-edit timed yet" in live_state(page)[1]  # nothing timed yet
         page.locator("#auto-run input").check()
@@ -202,12 +211,7 @@ def test_drag_a_region_with_the_mouse_and_the_edit_follows(server_url, tiny_sd_f
 
 @pytest.mark.slow  # a minute or two, as the test above
 def test_live_mode_shows_edits_while_the_mouse_moves(server_url, tiny_sd_folder, tmp_path):
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    print(f"screenshots: {shots}")
-    with offline_page(server_url, 1700, shots) as page:
-        page.goto(server_url)
-        upload(page)
+    with canvas_page(server_url, tmp_path) as (page, shots, _):
         page.locator("#auto-run input").check()
         # a rectangle round the cat's nose; its release runs an edit (auto-run), which times a re-edit
         page.locator("#canvas button[data-tool=rectangle]").click()
@@ -258,12 +262,7 @@ def within(path, radius: float, size) -> np.ndarray:
 
 @pytest.mark.slow  # half a minute or more, as the tests above
 def test_brush_a_region_and_drag_it(server_url, tmp_path):
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    print(f"screenshots: {shots}")
-    with offline_page(server_url, 1700, shots) as page:
-        page.goto(server_url)
-        upload(page)
+    with canvas_page(server_url, tmp_path) as (page, shots, _):
         page.locator("#canvas button[data-tool=brush]").click()
         page.locator("#canvas canvas.rd-view").focus()
         for key in "]]]":  # 12 -> 18 px
@@ -291,12 +290,7 @@ def test_brush_a_region_and_drag_it(server_url, tmp_path):
 
 @pytest.mark.slow  # half a minute or more, as the tests above
 def test_perspective_corners_dragged_one_by_one(server_url, tiny_sd_folder, tmp_path):
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    print(f"screenshots: {shots}")
-    with offline_page(server_url, 1700, shots) as page:
-        page.goto(server_url)
-        upload(page)
+    with canvas_page(server_url, tmp_path) as (page, shots, _):
         page.locator("#auto-run input").check()
         page.locator("#canvas button[data-tool=rectangle]").click()
         drag(page, [(150, 100), (250, 180)])  # round the cat's left eye
