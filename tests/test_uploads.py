@@ -32,8 +32,8 @@ def session() -> ui.Session:
     return ui.Session(Image.new("RGB", SIZE, (90, 120, 150)), [], 128)
 
 
-def write_zip(path, members: dict) -> str:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+def write_zip(path, members: dict, method: int = zipfile.ZIP_DEFLATED) -> str:
+    with zipfile.ZipFile(path, "w", method) as z:
         for name, data in members.items():
             z.writestr(name, data)
     return str(path)
@@ -112,12 +112,37 @@ def test_what_is_read_stops_at_the_budget_whatever_was_declared(tmp_path, monkey
     unpack_import([str(tmp_path / "regions.json"), str(tmp_path / "handle.png")], tmp_path / "out2")
 
 
-def test_a_damaged_member_is_one_line(tmp_path):
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_a_damaged_member_is_one_line(tmp_path, method):
+    """Each method's decoder fails its own way (zlib.error, OSError, LZMAError); each is the same one line."""
     path = tmp_path / "r.zip"
-    write_zip(path, valid_members())
+    write_zip(path, valid_members(), method)
     data = bytearray(path.read_bytes())
     at = data.index(b"handle.png") + len(b"handle.png") + 20  # inside the mask's compressed bytes
     data[at:at + 8] = b"\xff" * 8
     path.write_bytes(bytes(data))
     with pytest.raises(gr.Error, match="cannot unpack handle.png from r.zip .*export the regions again"):
+        ui.import_regions(session(), [str(path)])
+
+
+def patched_headers(path, offsets: tuple[int, int], value: bytes) -> None:
+    """Write `value` at a field of every member's local header and central-directory entry (their offsets)."""
+    data = bytearray(path.read_bytes())
+    for signature, offset in zip((b"PK\x03\x04", b"PK\x01\x02"), offsets):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + offset:at + offset + len(value)] = value
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("offsets, value, message", [
+    ((6, 8), b"\x01\x00", "holds 'regions.json' encrypted; export the regions again, without a password"),
+    ((8, 10), b"\x63\x00", "holds 'regions.json' compressed by method 99, which cannot be unpacked")],
+    ids=["encrypted", "method 99"])
+def test_an_encrypted_or_unknown_method_member_is_refused_before_reading(tmp_path, offsets, value, message):
+    path = tmp_path / "r.zip"
+    write_zip(path, valid_members(), zipfile.ZIP_STORED)
+    patched_headers(path, offsets, value)
+    with pytest.raises(gr.Error, match=message):
         ui.import_regions(session(), [str(path)])

@@ -11,6 +11,7 @@ inside the import too. Anything else in the zip (photo.png) is never unpacked.
 from __future__ import annotations
 
 import contextlib
+import lzma
 import posixpath
 import zipfile
 import zlib
@@ -26,6 +27,8 @@ MAX_UPLOAD_BYTES = 64 * 2**20
 # An import, unpacked: the region file and its masks (each pair names at most two), plus photo.png.
 MAX_IMPORT_FILES = 2 * MAX_PAIRS + 2
 MAX_IMPORT_BYTES = 64 * 2**20
+# the compression methods zipfile unpacks (stored, deflate, bzip2, LZMA); an export writes deflate
+UNPACKED_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 
 class UploadError(ValueError):
@@ -97,6 +100,12 @@ def _zip_members(path: Path, stack: contextlib.ExitStack) -> dict[str, Reader]:
                               f"unpack it (export the regions again)")
         if name in readers:
             raise UploadError(f"{path.name} holds {name!r} twice; export the regions again")
+        if info.flag_bits & 0x1:  # zipfile would ask for a password
+            raise UploadError(f"{path.name} holds {info.filename!r} encrypted; export the regions again, without "
+                              f"a password")
+        if info.compress_type not in UNPACKED_METHODS:
+            raise UploadError(f"{path.name} holds {info.filename!r} compressed by method {info.compress_type}, "
+                              f"which cannot be unpacked here; export the regions again (deflate)")
         readers[name] = lambda cap, info=info: _read_member(z, info, path.name, cap)
     return readers
 
@@ -105,9 +114,9 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str, cap: 
     try:
         with z.open(info) as f:
             return f.read(cap + 1)
-    # how zipfile reports a damaged member: a bad CRC or header (BadZipFile), corrupt deflate data (zlib.error),
-    # truncation (EOFError), an unsupported compression (NotImplementedError), an encrypted member (RuntimeError)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as e:
+    # how a damaged member fails to unpack: a bad CRC or header (BadZipFile), corrupt data of each method
+    # (deflate: zlib.error, bzip2: OSError, LZMA: LZMAError), truncation (EOFError)
+    except (zipfile.BadZipFile, zlib.error, OSError, lzma.LZMAError, EOFError) as e:
         raise UploadError(f"cannot unpack {info.filename} from {zip_name} ({e}); export the regions again") from None
 
 
