@@ -96,47 +96,41 @@ PAGE_ERRORS = (UIError, RegionError, ImageError, UploadError, ConfigError, Float
 def shows_errors(fn):
     """Bad input, and memory running out, become a one-line message in the page (gr.Error), never a
     traceback; a generator (an event that streams updates) stays one, as gradio tells them apart by their
-    function. The message is raised outside the `except`: the failed call's frames are freed by then, so
-    give_memory_back can return what they held."""
+    function. Running out of memory is told outside the `except`: the failed call's frames are freed by
+    then, so give_memory_back can return what they held."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)  # keeps the signature, where gradio finds gr.Progress
         def wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
                 return
+            except PAGE_ERRORS as e:
+                raise gr.Error(str(e), print_exception=False) from None
             except Exception as e:
-                message = page_message(e)
-                if message is None:
+                asked = failed_allocation(e)
+                if asked is None:
                     raise
-            raise _page_error(message)
+            raise _out_of_memory(asked)
     else:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
+            except PAGE_ERRORS as e:
+                raise gr.Error(str(e), print_exception=False) from None
             except Exception as e:
-                message = page_message(e)
-                if message is None:
+                asked = failed_allocation(e)
+                if asked is None:
                     raise
-            raise _page_error(message)
+            raise _out_of_memory(asked)
     return wrapper
 
 
-def page_message(e: Exception) -> Optional[str]:
-    """The page's one line for bad input or an allocation failure; None for anything else (a bug)."""
-    if isinstance(e, PAGE_ERRORS):
-        return str(e)
-    asked = failed_allocation(e)
-    if asked is None:
-        return None
-    return (f"out of memory on the server: an allocation of {asked} failed, and nothing changed; try again when "
-            f"fewer edits run, or a smaller photo; whoever runs the server can start it with a smaller --max-side, "
-            f"half precision (--dtype bf16 or fp16) or on a GPU")
-
-
-def _page_error(message: str) -> gr.Error:
-    give_memory_back()  # a garbage collection: little next to any edit, and after an out-of-memory it is needed
-    return gr.Error(message, print_exception=False)
+def _out_of_memory(asked: str) -> gr.Error:
+    give_memory_back()
+    return gr.Error(f"out of memory on the server: an allocation of {asked} failed, and nothing changed; try "
+                    f"again when fewer edits run, or a smaller photo; whoever runs the server can start it with a "
+                    f"smaller --max-side, half precision (--dtype bf16 or fp16) or on a GPU", print_exception=False)
 
 
 # -- photo ------------------------------------------------------------------------------------
