@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -161,9 +162,10 @@ class SpatialTransformer(nn.Module):
             used.append(layer_kv)
         if self.linear_proj:
             h = self.proj_out(h)
-        # contiguous again: a channels-last view here would run proj_out, the residual add and every later
-        # convolution on mixed layouts (on CPU in bfloat16, 10-20% of a UNet call)
-        h = h.reshape(b, hgt, wid, c).permute(0, 3, 1, 2).contiguous()
+        # back in x's memory format: a view in the other one would run proj_out, the residual add and every
+        # later convolution on mixed layouts (on CPU in bfloat16, 10-20% of a UNet call)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        h = h.reshape(b, hgt, wid, c).permute(0, 3, 1, 2).contiguous(memory_format=layout)
         if not self.linear_proj:
             h = self.proj_out(h)
         return x + h, used

@@ -329,4 +329,5 @@ class UNet(nn.Module):
             h = run(block, h, up=True)
             if i == stop_after_up_block:
                 return h, kv_out
-        return self.conv_out(F.silu(self.conv_norm_out(h))), kv_out
+        # in the latent's layout (a CPU's packed convolutions return channels-last)
+        return self.conv_out(F.silu(self.conv_norm_out(h))).contiguous(), kv_out

@@ -31,7 +31,8 @@ from torch import Tensor
 from models.attention import ImagePrompt
 from models.backbones import BACKBONES, backbone_of
 from models.protocol import DenoisingUNet
-from models.unet import Conditioning, Context
+from models.onednn import pack_convolutions, unpack_convolutions
+from models.unet import Conditioning, Context, UNet
 from models.vae import AutoencoderKL
 from sampling import Grid, Trajectory, denoise, invert, matching_inversion_step, scaled_linear_alphas_cumprod
 
@@ -42,7 +43,7 @@ from .copy_paste import add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .image_prompt import ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
-from .precision import default_dtype, vae_channels_last
+from .precision import default_dtype, unet_packed_convolutions, vae_channels_last
 from .regions import Region, check_edit_inputs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
@@ -127,6 +128,8 @@ class RegionDragPipeline:
         self.device, self.dtype = p.device, p.dtype
         if isinstance(vae, AutoencoderKL) and vae_channels_last(self.device, self.dtype):  # measured faster there
             vae.to(memory_format=torch.channels_last)
+        if isinstance(unet, UNet) and unet_packed_convolutions(self.device, self.dtype):  # measured faster there
+            pack_convolutions(unet)
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
         self._cache: tuple[tuple, Inversion] | None = None  # the last image's inversion
         self._timesteps: dict[int, Tensor] = {}
@@ -170,6 +173,7 @@ class RegionDragPipeline:
         graphs (inductor's cudagraph trees, on GPU; a no-op on CPU): each UNet call is one graph
         launch, and nothing in the loop waits for the GPU (timesteps and K/V are device tensors).
         """
+        unpack_convolutions(self.unet)  # inductor packs a graph's weights itself
         options = dict(backend=backend, dynamic=False, **({"mode": mode} if backend == "inductor" else {}))
         graphs = dict(options, **({"mode": CUDA_GRAPH_MODES[mode]} if backend == "inductor" and cuda_graphs else {}))
         self.unet.forward = torch.compile(self.unet.forward, fullgraph=True, **graphs)

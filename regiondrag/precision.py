@@ -13,7 +13,9 @@ torch 2.13, SD1.5 at 512 px, random weights, inference mode; `python scripts/ben
 measures them again; the machine is shared, so single runs move by about 10%):
     UNet call: float32 4.75 s, bfloat16 3.01 s (the README's benchmark run, a quiet machine); issue 22's measurements:
         float32 5.97 s, bfloat16 3.17 s, channels-last slower in both (7.01 s, 3.46 s), torch.compile
-        (inductor) in bfloat16 11.65 s after a 132 s compile: eager and contiguous it stays.
+        (inductor) in bfloat16 11.65 s after a 132 s compile: eager and contiguous it stays. In bfloat16 its
+        convolutions' weights are packed for oneDNN once (models/onednn.py): 3.01 -> 2.65 s per call (same
+        process, a quiet machine); float32 is not packed, so float32 edits stay bit-identical.
     VAE encode / decode: see VAE_CHANNELS_LAST.
     Text and image encoders run once per photo (cached for re-edits): the module's dtype, no layout change.
     Threads: torch's default, one per core (the UNet is all the time and uses every core).
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from models.onednn import packing_available
 
 # CPU feature flags (Linux /proc/cpuinfo: x86 "flags", Arm "Features") that give a dtype native arithmetic
 NATIVE_FLAGS = {torch.bfloat16: ("avx512_bf16", "amx_bf16", "bf16"),
@@ -90,6 +94,11 @@ def emulated_dtype_error(device: str, dtype: torch.dtype, flags: Optional[frozen
     wanted = " or ".join(f.upper().replace("_", "-") for f in NATIVE_FLAGS[dtype][:2])
     return (f"{dtype_name(dtype)} on this CPU is emulated (it has no {wanted} arithmetic): an SD1.5 UNet call takes "
             f"minutes instead of seconds; use {native}")
+
+
+def unet_packed_convolutions(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the UNet's convolution weights are packed for oneDNN on this device and dtype (measured above)."""
+    return device.type == "cpu" and dtype == torch.bfloat16 and packing_available()
 
 
 def vae_channels_last(device: torch.device, dtype: torch.dtype) -> bool:

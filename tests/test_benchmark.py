@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.onednn import packing_available
 from models.unet import UNet
 from regiondrag.apps import benchmark
 from regiondrag.apps.baseline import DiffusersUNet
@@ -98,12 +99,15 @@ def test_gpu_check_dry_run_runs_the_whole_sequence(tmp_path):
 
 def test_modules_are_timed_per_dtype_memory_format_and_thread_count(tmp_path):
     """--modules: the UNet and each VAE half in every dtype this CPU computes natively (float32, and bfloat16
-    or float16 where it has them), contiguous and channels-last; the UNet also with one thread fewer."""
+    or float16 where it has them), contiguous and channels-last, in bfloat16 also with packed convolutions; the
+    UNet also with one thread fewer."""
     out = tmp_path / "modules.json"
     assert benchmark.main([*QUICK, "--modules", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     dtypes = {r["dtype"] for r in rows}
     assert "float32" in dtypes and all(r["s"] > 0 for r in rows)
+    packed = {r["module"] for r in rows if r["format"] == "packed convs"}
+    assert packed == ({"unet", "vae encode", "vae decode"} if "bfloat16" in dtypes and packing_available() else set())
     for dtype in dtypes:
         for fmt in ("contiguous_format", "channels_last"):
             assert {r["module"] for r in rows if (r["dtype"], r["format"]) == (dtype, fmt)} == {

@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 
 import regiondrag.pipeline
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
+from models.onednn import PackedConv2d, packing_available
 from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.apps.region_file import regions_from_json
 from regiondrag.image_io import load_image
@@ -149,16 +150,21 @@ def test_nan_latent_is_reported_not_decoded(models):
         pipe.decode(torch.full((1, 4, 8, 8), float("nan"), device=DEVICE))
 
 
-@pytest.mark.parametrize("dtype, channels_last", [(torch.bfloat16, True), (torch.float32, False)])
-def test_the_cpu_vae_layout_is_the_measured_one(dtype, channels_last):
-    """On CPU the VAE runs channels-last in bfloat16 (measured faster, regiondrag/precision.py); in float32 it
-    stays contiguous, so float32 edits keep their exact values."""
+@pytest.mark.parametrize("dtype, bfloat16", [(torch.bfloat16, True), (torch.float32, False)])
+def test_the_cpu_layouts_are_the_measured_ones(dtype, bfloat16):
+    """On CPU in bfloat16 (measured faster, regiondrag/precision.py) the VAE runs channels-last and the UNet's
+    convolutions have oneDNN-packed weights, which compile() gives back to inductor as plain convolutions; in
+    float32 both stay as they are, so float32 edits keep their exact values."""
     torch.manual_seed(0)
     unet, vae = UNet(UNetConfig.tiny()).to(dtype), AutoencoderKL(VAEConfig.tiny()).to(dtype)
-    RegionDragPipeline(unet, vae, lambda p: None)
+    pipe = RegionDragPipeline(unet, vae, lambda p: None)
     convs = [m.weight for m in vae.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
-    assert all(w.is_contiguous(memory_format=torch.channels_last) == channels_last for w in convs)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) == bfloat16 for w in convs)
     assert all(w.is_contiguous() for w in unet.parameters())  # the UNet: contiguous (channels-last measured slower)
+    packed = any(isinstance(m, PackedConv2d) for m in unet.modules())
+    assert packed == (bfloat16 and packing_available())
+    pipe.compile(backend="eager")
+    assert not any(isinstance(m, PackedConv2d) for m in unet.modules())
 
 
 def test_a_channels_last_vae_hands_the_unet_the_standard_layout(photo_and_regions):

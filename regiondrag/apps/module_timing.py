@@ -4,7 +4,8 @@ measurements behind regiondrag/precision.py's per-device choices.
     python scripts/benchmark.py --device cpu --size sd15 --modules --runs 3
 
 UNet: one call at the working size's latent; VAE: encode of the working-size photo, decode of its
-latent. Random weights, inference mode, median of --runs calls after --warmup. On CPU also the UNet
+latent; last, on CPU, the bfloat16 UNet and VAE with oneDNN-packed convolution weights (models/onednn.py).
+Random weights, inference mode, median of --runs calls after --warmup. On CPU also the UNet
 with one thread fewer than torch's default (whether all cores help). The text and image encoders run
 once per photo (a re-edit reuses them); the benchmark's phases show their time (conditioning_s).
 """
@@ -17,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from models.onednn import pack_convolutions, packing_available
 from models.random_weights import random_sd
 
 from ..precision import dtype_name, emulated_dtype_error
@@ -37,6 +39,16 @@ def time_modules(size: str, device: torch.device, runs: int, warmup: int, out: O
         photo = torch.rand(1, 3, side, side, device=device) * 2 - 1
         latent = torch.randn(1, 4, side // 8, side // 8, device=device)
         t = torch.tensor(549, device=device)
+        def time_row(name: str, call, dtype: torch.dtype, layout: str, n: int) -> None:
+            default = torch.get_num_threads()
+            torch.set_num_threads(n)
+            try:
+                seconds = statistics.median(timed(call, device, runs, warmup)[0])
+            finally:
+                torch.set_num_threads(default)
+            rows.append({"module": name, "dtype": dtype_name(dtype), "format": layout, "threads": n, "s": seconds})
+            print(f"  {name:12s} {dtype_name(dtype):9s} {layout:17s} {n:7d} {seconds:8.3f}", flush=True)
+
         for dtype in dtypes:
             unet, vae = unet.to(dtype), vae.to(dtype)
             ctx = context.to(device=device, dtype=dtype)
@@ -50,16 +62,16 @@ def time_modules(size: str, device: torch.device, runs: int, warmup: int, out: O
                     threads.append(threads[0] - 1)
                 for name, call in calls.items():
                     for n in threads if name == "unet" else threads[:1]:
-                        default = torch.get_num_threads()
-                        torch.set_num_threads(n)
-                        try:
-                            seconds = statistics.median(timed(call, device, runs, warmup)[0])
-                        finally:
-                            torch.set_num_threads(default)
-                        row = {"module": name, "dtype": dtype_name(dtype), "format": str(fmt).removeprefix("torch."),
-                               "threads": n, "s": seconds}
-                        rows.append(row)
-                        print(f"  {name:12s} {row['dtype']:9s} {row['format']:17s} {n:7d} {seconds:8.3f}", flush=True)
+                        time_row(name, call, dtype, str(fmt).removeprefix("torch."), n)
+        if device.type == "cpu" and torch.bfloat16 in dtypes and packing_available():  # last: packing is in place
+            for module in (unet, vae):
+                pack_convolutions(module.to(torch.bfloat16, memory_format=torch.contiguous_format))
+            ctx = context.to(device=device, dtype=torch.bfloat16)
+            calls = {"unet": lambda: unet(latent.to(torch.bfloat16), t, ctx),
+                     "vae encode": lambda: vae.encode_moments(photo.to(torch.bfloat16)),
+                     "vae decode": lambda: vae.decode(latent.to(torch.bfloat16))}
+            for name, call in calls.items():
+                time_row(name, call, torch.bfloat16, "packed convs", torch.get_num_threads())
     if out is not None:
         out.write_text(json.dumps({"size": size, "device": str(device), "torch": torch.__version__, "rows": rows},
                                   indent=2))
