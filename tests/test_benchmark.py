@@ -99,8 +99,8 @@ def test_gpu_check_dry_run_runs_the_whole_sequence(tmp_path):
 
 def test_modules_are_timed_per_dtype_memory_format_and_thread_count(tmp_path):
     """--modules: the UNet and each VAE half in every dtype this CPU computes natively (float32, and bfloat16
-    or float16 where it has them), contiguous and channels-last, in bfloat16 also with packed convolutions; the
-    UNet also with one thread fewer."""
+    or float16 where it has them), contiguous and channels-last, in bfloat16 also with packed convolutions and then
+    folded upsamplers; the UNet also with one thread fewer."""
     out = tmp_path / "modules.json"
     assert benchmark.main([*QUICK, "--modules", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
@@ -108,6 +108,8 @@ def test_modules_are_timed_per_dtype_memory_format_and_thread_count(tmp_path):
     assert "float32" in dtypes and all(r["s"] > 0 for r in rows)
     packed = {r["module"] for r in rows if r["format"] == "packed convs"}
     assert packed == ({"unet", "vae encode", "vae decode"} if "bfloat16" in dtypes and packing_available() else set())
+    folded = {r["module"] for r in rows if r["format"] == "packed, folded"}
+    assert folded == ({"unet", "vae decode"} if packed else set())  # the encoder has no upsampler
     for dtype in dtypes:
         for fmt in ("contiguous_format", "channels_last"):
             assert {r["module"] for r in rows if (r["dtype"], r["format"]) == (dtype, fmt)} == {

@@ -15,7 +15,9 @@ from torch._dynamo.utils import counters
 
 import regiondrag.pipeline
 from models import AutoencoderKL, UNet, UNetConfig, VAEConfig
+from models.folding import FoldedUpsample
 from models.onednn import PackedConv2d, packing_available
+from models.unet import Upsample
 from regiondrag.pipeline import RegionDragPipeline
 from regiondrag.apps.region_file import regions_from_json
 from regiondrag.image_io import load_image
@@ -152,9 +154,9 @@ def test_nan_latent_is_reported_not_decoded(models):
 
 @pytest.mark.parametrize("dtype, bfloat16", [(torch.bfloat16, True), (torch.float32, False)])
 def test_the_cpu_layouts_are_the_measured_ones(dtype, bfloat16):
-    """On CPU in bfloat16 (measured faster, regiondrag/precision.py) the VAE runs channels-last and the UNet's
-    convolutions have oneDNN-packed weights, which compile() gives back to inductor as plain convolutions; in
-    float32 both stay as they are, so float32 edits keep their exact values."""
+    """On CPU in bfloat16 (measured faster, regiondrag/precision.py) the VAE runs channels-last, the UNet's
+    convolutions have oneDNN-packed weights, which compile() gives back to inductor as plain convolutions, and the
+    VAE decoder's upsamplers are folded; in float32 all stay as they are, so float32 edits keep their exact values."""
     torch.manual_seed(0)
     unet, vae = UNet(UNetConfig.tiny()).to(dtype), AutoencoderKL(VAEConfig.tiny()).to(dtype)
     pipe = RegionDragPipeline(unet, vae, lambda p: None)
@@ -163,6 +165,9 @@ def test_the_cpu_layouts_are_the_measured_ones(dtype, bfloat16):
     assert all(w.is_contiguous() for w in unet.parameters())  # the UNet: contiguous (channels-last measured slower)
     packed = any(isinstance(m, PackedConv2d) for m in unet.modules())
     assert packed == (bfloat16 and packing_available())
+    ups = [m for m in vae.decoder.modules() if isinstance(m, Upsample)]
+    assert ups and all(isinstance(m, FoldedUpsample) == bfloat16 for m in ups)  # models/folding.py, bfloat16 only
+    assert not any(isinstance(m, FoldedUpsample) for m in unet.modules())  # measured less accurate
     pipe.compile(backend="eager")
     assert not any(isinstance(m, PackedConv2d) for m in unet.modules())
 

@@ -4,7 +4,8 @@ measurements behind regiondrag/precision.py's per-device choices.
     python scripts/benchmark.py --device cpu --size sd15 --modules --runs 3
 
 UNet: one call at the working size's latent; VAE: encode of the working-size photo, decode of its
-latent; last, on CPU, the bfloat16 UNet and VAE with oneDNN-packed convolution weights (models/onednn.py).
+latent; last, on CPU, the bfloat16 UNet and VAE with oneDNN-packed convolution weights (models/onednn.py),
+then also with their upsamplers folded (models/folding.py).
 Random weights, inference mode, median of --runs calls after --warmup. On CPU also the UNet
 with one thread fewer than torch's default (whether all cores help). The text and image encoders run
 once per photo (a re-edit reuses them); the benchmark's phases show their time (conditioning_s).
@@ -18,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from models.folding import fold_upsamplers
 from models.onednn import pack_convolutions, packing_available
 from models.random_weights import random_sd
 
@@ -72,6 +74,11 @@ def time_modules(size: str, device: torch.device, runs: int, warmup: int, out: O
                      "vae decode": lambda: vae.decode(latent.to(torch.bfloat16))}
             for name, call in calls.items():
                 time_row(name, call, torch.bfloat16, "packed convs", torch.get_num_threads())
+            for module in (unet, vae):  # and the upsamplers folded (models/folding.py), their 2x2 convolutions packed
+                fold_upsamplers(module)
+                pack_convolutions(module)
+            for name in ("unet", "vae decode"):
+                time_row(name, calls[name], torch.bfloat16, "packed, folded", torch.get_num_threads())
     if out is not None:
         out.write_text(json.dumps({"size": size, "device": str(device), "torch": torch.__version__, "rows": rows},
                                   indent=2))
