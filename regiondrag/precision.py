@@ -11,7 +11,7 @@ AMX-FP16; Arm: FP16 vectors) is emulated: one SD1.5 UNet call took over 4 minute
 Per-module choices on CPU, by measurement (this project's CI machine, AMD EPYC, 2 cores, AVX512-BF16,
 torch 2.13, SD1.5 at 512 px, random weights, inference mode; `python scripts/benchmark.py --modules`
 measures them again; the machine is shared, so single runs move by about 10%):
-    UNet call: float32 4.75 s, bfloat16 3.01 s (the README's benchmark run, a quiet machine); issue 22's measurements:
+    UNet call: float32 4.46 s, bfloat16 2.56 s packed (the README's benchmark run, a quiet machine); issue 22's:
         float32 5.97 s, bfloat16 3.17 s, channels-last slower in both (7.01 s, 3.46 s), torch.compile
         (inductor) in bfloat16 11.65 s after a 132 s compile: eager and contiguous it stays. In bfloat16 its
         convolutions' weights are packed for oneDNN once (models/onednn.py): 3.01 -> 2.65 s per call (same
