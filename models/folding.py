@@ -1,14 +1,14 @@
 """The upsampler's nearest 2x upsampling and 3x3 convolution, folded into 2x2 convolutions of the small image.
 
-    fold_upsamplers(unet)    # every Upsample inside becomes a FoldedUpsample, in place (after loading weights)
+    fold_upsamplers(vae.decoder)    # every Upsample inside becomes a FoldedUpsample, in place (after loading weights)
 
 The UNet's and the VAE decoder's upsamplers repeat each pixel 2x2, then convolve 3x3. Output pixel (2i+a, 2j+b)
 of phase (a, b) sees only 2x2 distinct pixels of the small image: rows i-1, i (a = 0) or i, i+1 (a = 1), and the
 same for columns, so the 3x3 taps that land on one pixel add up into a 2x2 kernel. The four phases are one 2x2
 convolution with 4x the output channels: the same function for 16 multiply-adds per pixel and channel pair
 instead of 36, and no 4x-sized upsampled tensor: in bfloat16 on CPU an SD1.5 VAE decode at 512 px takes 5.8 s
-instead of 6.7 s. The sums of taps round differently, so it is used where the weights are rounded anyway
-(regiondrag/precision.py says where).
+instead of 6.7 s. The sums of taps round differently, so it is used where the weights are rounded anyway, and
+only where that rounding measured harmless: the VAE decoder in bfloat16 on CPU, not the UNet (regiondrag/precision.py).
 """
 from __future__ import annotations
 
